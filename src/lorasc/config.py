@@ -1,0 +1,96 @@
+"""LoRASC configuration: the method's knobs (METHOD.md) and the PEFT config of the fast expert."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from peft import LoraConfig
+
+NOISE_KINDS = ("uniform", "gaussian")
+NOISE_TARGETS = ("adapted", "all")
+OPTIMIZER_STATE_MODES = ("reset", "keep")
+# Inits that PEFT's `reset_lora_parameters` redraws without touching the backbone. The others
+# (PiSSA, OLoRA, LoftQ, EVA, LoRA-GA, CorDA) rewrite the base weight when applied, so re-running
+# them every cycle is not a fresh expert on the same backbone.
+RESETTABLE_INITS = (True, "gaussian")
+# The LoraConfig fields a LoRASC expert exposes (and writes back into a resolved config).
+EXPERT_FIELDS = ("r", "lora_alpha", "target_modules", "lora_dropout", "use_dora", "use_rslora", "init_lora_weights", "modules_to_save", "task_type")
+# MiniLM/BERT attention and MLP projections; other architectures name theirs (see README).
+DEFAULT_EXPERT = {"r": 8, "lora_alpha": 16, "target_modules": ["query", "key", "value", "dense"]}
+
+
+def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"{name}={value!r} is not allowed: {allowed}")
+
+
+@dataclass
+class LoRASCConfig:
+    """Everything a LoRASC run needs beyond the optimizer's learning rate.
+
+    Cycle length: one cycle per epoch unless `cycle_steps` (a new expert every N optimizer steps)
+    or `num_cycles` (the run split into T equal cycles) is set; at most one of the two.
+    """
+
+    slow_alpha: float = 0.5
+    noise_lambda: float = 0.15
+    noise_kind: str = "uniform"
+    noise_targets: str = "adapted"
+    cycle_steps: int | None = None
+    num_cycles: int | None = None
+    rewarmup_steps: int = 10
+    optimizer_state: str = "reset"
+    loraplus_lr_ratio: float = 1.0
+    slow_head: bool = False
+    seed: int = 0
+    expert: LoraConfig = field(default_factory=lambda: LoraConfig(**DEFAULT_EXPERT))
+
+    def __post_init__(self) -> None:
+        _require(0.0 < self.slow_alpha <= 1.0, "slow_alpha", self.slow_alpha, "a float in (0, 1]; 1 gives COLA")
+        _require(self.noise_lambda >= 0.0, "noise_lambda", self.noise_lambda, "a float >= 0; 0 disables the noise")
+        _require(self.noise_kind in NOISE_KINDS, "noise_kind", self.noise_kind, f"one of {NOISE_KINDS}")
+        _require(self.noise_targets in NOISE_TARGETS, "noise_targets", self.noise_targets, f"one of {NOISE_TARGETS}")
+        for name in ("cycle_steps", "num_cycles"):
+            value = getattr(self, name)
+            _require(value is None or (isinstance(value, int) and value >= 1), name, value, "None or an integer >= 1")
+        _require(
+            self.cycle_steps is None or self.num_cycles is None,
+            "cycle_steps",
+            self.cycle_steps,
+            f"None when num_cycles is set (num_cycles={self.num_cycles}); choose one way to cut cycles",
+        )
+        _require(self.rewarmup_steps >= 0, "rewarmup_steps", self.rewarmup_steps, "an integer >= 0")
+        _require(self.optimizer_state in OPTIMIZER_STATE_MODES, "optimizer_state", self.optimizer_state, f"one of {OPTIMIZER_STATE_MODES}")
+        _require(self.loraplus_lr_ratio > 0, "loraplus_lr_ratio", self.loraplus_lr_ratio, "a float > 0; 1 is plain LoRA, 16 is LoRA+")
+        _require(isinstance(self.expert, LoraConfig), "expert", type(self.expert).__name__, "a peft.LoraConfig")
+        _require(isinstance(self.expert.r, int) and self.expert.r >= 1, "expert.r", self.expert.r, "an integer >= 1")
+        _require(self.expert.lora_alpha > 0, "expert.lora_alpha", self.expert.lora_alpha, "a number > 0")
+        _require(bool(self.expert.target_modules), "expert.target_modules", self.expert.target_modules, "a non-empty list of module names")
+        _require(
+            any(self.expert.init_lora_weights is init or self.expert.init_lora_weights == init for init in RESETTABLE_INITS),
+            "expert.init_lora_weights",
+            self.expert.init_lora_weights,
+            "True (Kaiming A, zero B) or 'gaussian': a fresh expert each cycle must leave the backbone untouched",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "expert"}
+        out["expert"] = {k: v for k, v in self.expert.to_dict().items() if k in EXPERT_FIELDS}
+        if isinstance(out["expert"].get("target_modules"), set):
+            out["expert"]["target_modules"] = sorted(out["expert"]["target_modules"])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LoRASCConfig":
+        data = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        _require(not unknown, "config keys", unknown, f"keys among {sorted(known)}")
+        expert = dict(data.pop("expert", {}))
+        bad = sorted(set(expert) - set(EXPERT_FIELDS))
+        _require(not bad, "expert keys", bad, f"keys among {list(EXPERT_FIELDS)}")
+        return cls(**data, expert=LoraConfig(**{**DEFAULT_EXPERT, **expert}))
+
+

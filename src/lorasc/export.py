@@ -1,0 +1,126 @@
+"""Exports of a finished cascade: the dense model, the exact stacked adapter, a compressed adapter.
+
+The stacked and compressed adapters describe the *clean* backbone's change, so they are only
+exact once the noise is off the weights: every export refuses a cascade with a cycle still running.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model_state_dict
+from safetensors.torch import save_file
+
+from .cascade import LoRASC
+
+
+def _require_finished(cascade: LoRASC) -> None:
+    if cascade.in_cycle:
+        raise RuntimeError(f"cycle {cascade.cycle} is running with noise on the backbone; call cascade.finish() before exporting")
+
+
+def export_dense(cascade: LoRASC, out_dir: str | Path, tokenizer=None) -> Path:
+    """The merged model as a plain transformers checkpoint: same architecture and latency as the base."""
+    _require_finished(cascade)
+    dense = copy.deepcopy(cascade.model).unload()  # the expert is zero between cycles: nothing left to merge
+    dense.save_pretrained(out_dir)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
+    return Path(out_dir)
+
+
+def stacked_factors(cascade: LoRASC) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """A_cat = [c·A_1; …; c·A_T], B_cat = [c·B_1 … c·B_T] per layer, so B_cat·A_cat = Σ_t α·s·B_t·A_t."""
+    if cascade.config.expert.use_dora:
+        raise ValueError("expert.use_dora=True has no exact stacked adapter: a DoRA merge is full-rank; export the dense model or a compressed adapter")
+    if not cascade.history:
+        raise RuntimeError("no cycle has finished yet: nothing to export")
+    return {
+        name: (torch.cat([h[name][0] for h in cascade.history], 0), torch.cat([h[name][1] for h in cascade.history], 1))
+        for name in cascade.layers
+    }
+
+
+def total_deltas(cascade: LoRASC, base_model: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """W − W0 per adapted layer, in LoRA orientation (out × in). DoRA needs the original `base_model`."""
+    _require_finished(cascade)
+    if not cascade.config.expert.use_dora:
+        return {name: b @ a for name, (a, b) in stacked_factors(cascade).items()}
+    if base_model is None:
+        raise ValueError("base_model=None is not allowed for a DoRA cascade: pass the original model to measure W − W0")
+    originals = dict(base_model.named_parameters())
+    deltas = {}
+    for name, layer in cascade.layers.items():
+        w0 = originals[name.removeprefix("base_model.model.") + ".weight"]
+        delta = (layer.get_base_layer().weight.detach() - w0.detach()).float().cpu()
+        deltas[name] = delta.T if layer.fan_in_fan_out else delta
+    return deltas
+
+
+def effective_rank(singular_values: torch.Tensor) -> float:
+    """Roy & Vetterli's effective rank: exp of the entropy of the normalised singular values."""
+    p = singular_values[singular_values > 0]
+    p = p / p.sum()
+    return math.exp(-(p * p.log()).sum().item())
+
+
+def delta_ranks(cascade: LoRASC, base_model: torch.nn.Module | None = None) -> dict[str, float]:
+    """Effective rank of the total delta of each adapted layer."""
+    return {name: effective_rank(torch.linalg.svdvals(d)) for name, d in total_deltas(cascade, base_model).items()}
+
+
+def _write_adapter(cascade: LoRASC, out_dir: str | Path, factors: dict, rank: int) -> Path:
+    """A standard PEFT adapter folder whose scale is 1 (lora_alpha = r): the factors carry the scale."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    expert = cascade.config.expert
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=rank,
+        target_modules=sorted({n.rsplit(".", 1)[-1] for n in cascade.layers}),
+        fan_in_fan_out=expert.fan_in_fan_out,
+        modules_to_save=cascade.model.peft_config[cascade.adapter].modules_to_save,
+        task_type=cascade.model.peft_config[cascade.adapter].task_type,
+        base_model_name_or_path=cascade.model.peft_config[cascade.adapter].base_model_name_or_path,
+    )
+    config.save_pretrained(out)
+    state = {k: v for k, v in get_peft_model_state_dict(cascade.model, adapter_name=cascade.adapter).items() if ".lora_" not in k}
+    for name, (a, b) in factors.items():
+        state[f"{name}.lora_A.weight"] = a.contiguous()
+        state[f"{name}.lora_B.weight"] = b.contiguous()
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, out / "adapter_model.safetensors")
+    return out
+
+
+def export_stacked(cascade: LoRASC, out_dir: str | Path) -> Path:
+    """The exact rank-T·r adapter that vanilla `PeftModel.from_pretrained` loads on the original base model."""
+    _require_finished(cascade)
+    factors = stacked_factors(cascade)
+    return _write_adapter(cascade, out_dir, factors, rank=next(iter(factors.values()))[0].shape[0])
+
+
+def export_compressed(cascade: LoRASC, out_dir: str | Path, rank: int, base_model: torch.nn.Module | None = None) -> dict[str, float]:
+    """A rank-`rank` adapter from the truncated SVD of each layer's total delta.
+
+    Returns (and writes to `compression.json`) the relative Frobenius error ‖Δ − Δ_k‖ / ‖Δ‖ per layer.
+    """
+    if rank < 1:
+        raise ValueError(f"rank={rank} is not allowed: an integer >= 1")
+    factors, errors = {}, {}
+    for name, delta in total_deltas(cascade, base_model).items():
+        u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+        k = min(rank, s.numel())
+        root = s[:k].sqrt()
+        a = torch.zeros(rank, delta.shape[1])
+        b = torch.zeros(delta.shape[0], rank)
+        a[:k], b[:, :k] = root[:, None] * vh[:k], u[:, :k] * root
+        factors[name] = (a, b)
+        total = s.square().sum()
+        errors[name] = (s[k:].square().sum() / total).sqrt().item() if total > 0 else 0.0
+    out = _write_adapter(cascade, out_dir, factors, rank)
+    (out / "compression.json").write_text(json.dumps({"rank": rank, "relative_error": errors}, indent=2))
+    return errors

