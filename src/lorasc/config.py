@@ -21,7 +21,7 @@ EXPERT_FIELDS = ("r", "lora_alpha", "target_modules", "lora_dropout", "use_dora"
 DEFAULT_EXPERT = {"r": 8, "lora_alpha": 16, "target_modules": ["query", "key", "value", "dense"]}
 
 
-def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
+def require(ok: bool, name: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ValueError(f"{name}={value!r} is not allowed: {allowed}")
 
@@ -48,27 +48,27 @@ class LoRASCConfig:
     expert: LoraConfig = field(default_factory=lambda: LoraConfig(**DEFAULT_EXPERT))
 
     def __post_init__(self) -> None:
-        _require(0.0 < self.slow_alpha <= 1.0, "slow_alpha", self.slow_alpha, "a float in (0, 1]; 1 gives COLA")
-        _require(self.noise_lambda >= 0.0, "noise_lambda", self.noise_lambda, "a float >= 0; 0 disables the noise")
-        _require(self.noise_kind in NOISE_KINDS, "noise_kind", self.noise_kind, f"one of {NOISE_KINDS}")
-        _require(self.noise_targets in NOISE_TARGETS, "noise_targets", self.noise_targets, f"one of {NOISE_TARGETS}")
+        require(0.0 < self.slow_alpha <= 1.0, "slow_alpha", self.slow_alpha, "a float in (0, 1]; 1 gives COLA")
+        require(self.noise_lambda >= 0.0, "noise_lambda", self.noise_lambda, "a float >= 0; 0 disables the noise")
+        require(self.noise_kind in NOISE_KINDS, "noise_kind", self.noise_kind, f"one of {NOISE_KINDS}")
+        require(self.noise_targets in NOISE_TARGETS, "noise_targets", self.noise_targets, f"one of {NOISE_TARGETS}")
         for name in ("cycle_steps", "num_cycles"):
             value = getattr(self, name)
-            _require(value is None or (isinstance(value, int) and value >= 1), name, value, "None or an integer >= 1")
-        _require(
+            require(value is None or (isinstance(value, int) and value >= 1), name, value, "None or an integer >= 1")
+        require(
             self.cycle_steps is None or self.num_cycles is None,
             "cycle_steps",
             self.cycle_steps,
             f"None when num_cycles is set (num_cycles={self.num_cycles}); choose one way to cut cycles",
         )
-        _require(self.rewarmup_steps >= 0, "rewarmup_steps", self.rewarmup_steps, "an integer >= 0")
-        _require(self.optimizer_state in OPTIMIZER_STATE_MODES, "optimizer_state", self.optimizer_state, f"one of {OPTIMIZER_STATE_MODES}")
-        _require(self.loraplus_lr_ratio > 0, "loraplus_lr_ratio", self.loraplus_lr_ratio, "a float > 0; 1 is plain LoRA, 16 is LoRA+")
-        _require(isinstance(self.expert, LoraConfig), "expert", type(self.expert).__name__, "a peft.LoraConfig")
-        _require(isinstance(self.expert.r, int) and self.expert.r >= 1, "expert.r", self.expert.r, "an integer >= 1")
-        _require(self.expert.lora_alpha > 0, "expert.lora_alpha", self.expert.lora_alpha, "a number > 0")
-        _require(bool(self.expert.target_modules), "expert.target_modules", self.expert.target_modules, "a non-empty list of module names")
-        _require(
+        require(self.rewarmup_steps >= 0, "rewarmup_steps", self.rewarmup_steps, "an integer >= 0")
+        require(self.optimizer_state in OPTIMIZER_STATE_MODES, "optimizer_state", self.optimizer_state, f"one of {OPTIMIZER_STATE_MODES}")
+        require(self.loraplus_lr_ratio > 0, "loraplus_lr_ratio", self.loraplus_lr_ratio, "a float > 0; 1 is plain LoRA, 16 is LoRA+")
+        require(isinstance(self.expert, LoraConfig), "expert", type(self.expert).__name__, "a peft.LoraConfig")
+        require(isinstance(self.expert.r, int) and self.expert.r >= 1, "expert.r", self.expert.r, "an integer >= 1")
+        require(self.expert.lora_alpha > 0, "expert.lora_alpha", self.expert.lora_alpha, "a number > 0")
+        require(bool(self.expert.target_modules), "expert.target_modules", self.expert.target_modules, "a non-empty list of module names")
+        require(
             any(self.expert.init_lora_weights is init or self.expert.init_lora_weights == init for init in RESETTABLE_INITS),
             "expert.init_lora_weights",
             self.expert.init_lora_weights,
@@ -87,10 +87,27 @@ class LoRASCConfig:
         data = dict(data)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
-        _require(not unknown, "config keys", unknown, f"keys among {sorted(known)}")
+        require(not unknown, "config keys", unknown, f"keys among {sorted(known)}")
         expert = dict(data.pop("expert", {}))
         bad = sorted(set(expert) - set(EXPERT_FIELDS))
-        _require(not bad, "expert keys", bad, f"keys among {list(EXPERT_FIELDS)}")
+        require(not bad, "expert keys", bad, f"keys among {list(EXPERT_FIELDS)}")
         return cls(**data, expert=LoraConfig(**{**DEFAULT_EXPERT, **expert}))
 
 
+
+
+# Baselines as presets of the same engine, so every method shares one training loop.
+METHODS = ("lorasc", "lora", "cola", "relora", "noisytune")
+
+
+def for_method(method: str, config: LoRASCConfig) -> LoRASCConfig:
+    """The config that runs `method`: LoRA is one cycle with α = 1 and no noise; COLA chains
+    experts (α = 1, λ = 0); ReLoRA is COLA with a jagged re-warmup; NoisyTune is LoRA on a backbone
+    perturbed once (the caller applies that perturbation with `noise_lambda`)."""
+    require(method in METHODS, "method", method, f"one of {METHODS}")
+    if method == "lorasc":
+        return config
+    if method in ("lora", "noisytune"):
+        return dataclasses.replace(config, slow_alpha=1.0, noise_lambda=0.0, num_cycles=1, cycle_steps=None)
+    rewarmup = config.rewarmup_steps if method == "relora" else 0
+    return dataclasses.replace(config, slow_alpha=1.0, noise_lambda=0.0, rewarmup_steps=rewarmup)

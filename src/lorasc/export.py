@@ -12,7 +12,8 @@ import math
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, get_peft_model_state_dict
+from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
 from safetensors.torch import save_file
 
 from .cascade import LoRASC
@@ -52,9 +53,14 @@ def total_deltas(cascade: LoRASC, base_model: torch.nn.Module | None = None) -> 
         return {name: b @ a for name, (a, b) in stacked_factors(cascade).items()}
     if base_model is None:
         raise ValueError("base_model=None is not allowed for a DoRA cascade: pass the original model to measure W − W0")
+    return weight_deltas(cascade.layers, base_model)
+
+
+def weight_deltas(layers: dict[str, LoraLayer], base_model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Each PEFT layer's base weight minus the same weight in `base_model`, in LoRA orientation."""
     originals = dict(base_model.named_parameters())
     deltas = {}
-    for name, layer in cascade.layers.items():
+    for name, layer in layers.items():
         w0 = originals[name.removeprefix("base_model.model.") + ".weight"]
         delta = (layer.get_base_layer().weight.detach() - w0.detach()).float().cpu()
         deltas[name] = delta.T if layer.fan_in_fan_out else delta
@@ -73,45 +79,52 @@ def delta_ranks(cascade: LoRASC, base_model: torch.nn.Module | None = None) -> d
     return {name: effective_rank(torch.linalg.svdvals(d)) for name, d in total_deltas(cascade, base_model).items()}
 
 
-def _write_adapter(cascade: LoRASC, out_dir: str | Path, factors: dict, rank: int) -> Path:
-    """A standard PEFT adapter folder whose scale is 1 (lora_alpha = r): the factors carry the scale."""
+def write_adapter(out_dir: str | Path, factors: dict, rank: int, template: LoraConfig, extra_state: dict) -> Path:
+    """A standard PEFT adapter folder whose scale is 1 (lora_alpha = r): the factors carry the scale.
+
+    `factors` maps PEFT layer names (`base_model.model.<module>`) to (A, B); `extra_state` holds the
+    other adapter tensors (e.g. a trained head in `modules_to_save`), already in PEFT's key format.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    expert = cascade.config.expert
     config = LoraConfig(
         r=rank,
         lora_alpha=rank,
-        target_modules=sorted({n.rsplit(".", 1)[-1] for n in cascade.layers}),
-        fan_in_fan_out=expert.fan_in_fan_out,
-        modules_to_save=cascade.model.peft_config[cascade.adapter].modules_to_save,
-        task_type=cascade.model.peft_config[cascade.adapter].task_type,
-        base_model_name_or_path=cascade.model.peft_config[cascade.adapter].base_model_name_or_path,
+        target_modules=sorted({n.rsplit(".", 1)[-1] for n in factors}),
+        fan_in_fan_out=template.fan_in_fan_out,
+        modules_to_save=template.modules_to_save,
+        task_type=template.task_type,
+        base_model_name_or_path=template.base_model_name_or_path,
     )
     config.save_pretrained(out)
-    state = {k: v for k, v in get_peft_model_state_dict(cascade.model, adapter_name=cascade.adapter).items() if ".lora_" not in k}
+    state = dict(extra_state)
     for name, (a, b) in factors.items():
-        state[f"{name}.lora_A.weight"] = a.contiguous()
-        state[f"{name}.lora_B.weight"] = b.contiguous()
+        state[f"{name}.lora_A.weight"] = a
+        state[f"{name}.lora_B.weight"] = b
     save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, out / "adapter_model.safetensors")
     return out
+
+
+def _write_cascade_adapter(cascade: LoRASC, out_dir: str | Path, factors: dict, rank: int) -> Path:
+    state = get_peft_model_state_dict(cascade.model, adapter_name=cascade.adapter)
+    head = {k: v for k, v in state.items() if ".lora_" not in k}
+    return write_adapter(out_dir, factors, rank, cascade.model.peft_config[cascade.adapter], head)
 
 
 def export_stacked(cascade: LoRASC, out_dir: str | Path) -> Path:
     """The exact rank-T·r adapter that vanilla `PeftModel.from_pretrained` loads on the original base model."""
     _require_finished(cascade)
     factors = stacked_factors(cascade)
-    return _write_adapter(cascade, out_dir, factors, rank=next(iter(factors.values()))[0].shape[0])
+    return _write_cascade_adapter(cascade, out_dir, factors, rank=next(iter(factors.values()))[0].shape[0])
 
 
-def export_compressed(cascade: LoRASC, out_dir: str | Path, rank: int, base_model: torch.nn.Module | None = None) -> dict[str, float]:
-    """A rank-`rank` adapter from the truncated SVD of each layer's total delta.
-
-    Returns (and writes to `compression.json`) the relative Frobenius error ‖Δ − Δ_k‖ / ‖Δ‖ per layer.
-    """
+def compress(deltas: dict[str, torch.Tensor], rank: int) -> tuple[dict, dict[str, float]]:
+    """Rank-`rank` factors (A, B) of each delta by truncated SVD, and the relative Frobenius error
+    ‖Δ − Δ_k‖ / ‖Δ‖ of each."""
     if rank < 1:
         raise ValueError(f"rank={rank} is not allowed: an integer >= 1")
     factors, errors = {}, {}
-    for name, delta in total_deltas(cascade, base_model).items():
+    for name, delta in deltas.items():
         u, s, vh = torch.linalg.svd(delta, full_matrices=False)
         k = min(rank, s.numel())
         root = s[:k].sqrt()
@@ -121,6 +134,31 @@ def export_compressed(cascade: LoRASC, out_dir: str | Path, rank: int, base_mode
         factors[name] = (a, b)
         total = s.square().sum()
         errors[name] = (s[k:].square().sum() / total).sqrt().item() if total > 0 else 0.0
-    out = _write_adapter(cascade, out_dir, factors, rank)
-    (out / "compression.json").write_text(json.dumps({"rank": rank, "relative_error": errors}, indent=2))
+    return factors, errors
+
+
+def write_compression_report(out_dir: str | Path, rank: int, errors: dict[str, float]) -> None:
+    Path(out_dir, "compression.json").write_text(json.dumps({"rank": rank, "relative_error": errors}, indent=2))
+
+
+def export_compressed(cascade: LoRASC, out_dir: str | Path, rank: int, base_model: torch.nn.Module | None = None) -> dict[str, float]:
+    """A rank-`rank` adapter from the truncated SVD of each layer's total delta.
+
+    Returns (and writes to `compression.json`) the relative Frobenius error per layer.
+    """
+    factors, errors = compress(total_deltas(cascade, base_model), rank)
+    write_compression_report(_write_cascade_adapter(cascade, out_dir, factors, rank), rank, errors)
+    return errors
+
+
+def export_compressed_between(tuned: torch.nn.Module, base: torch.nn.Module, expert: LoraConfig, out_dir: str | Path, rank: int) -> dict[str, float]:
+    """A compressed adapter of `tuned − base` on the layers `expert` targets, from two plain models
+    (e.g. a saved dense export and its base): works for every expert type, DoRA included.
+    `tuned` is wrapped by PEFT in place to name the layers and collect its trained head."""
+    view = get_peft_model(tuned, expert)
+    view.peft_config["default"].base_model_name_or_path = base.name_or_path
+    layers = {n: m for n, m in view.named_modules() if isinstance(m, LoraLayer)}
+    head = {k: v for k, v in get_peft_model_state_dict(view).items() if ".lora_" not in k}
+    factors, errors = compress(weight_deltas(layers, base), rank)
+    write_compression_report(write_adapter(out_dir, factors, rank, view.peft_config["default"], head), rank, errors)
     return errors

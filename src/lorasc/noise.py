@@ -66,3 +66,9 @@ class BackboneNoise:
 
     def load_state_dict(self, state: dict) -> None:
         self.cycle, self.scales = state["cycle"], dict(state["scales"])
+
+
+def perturb_once(model: torch.nn.Module, lam: float, seed: int) -> None:
+    """NoisyTune: a permanent uniform perturbation of every floating-point matrix and vector."""
+    params = {n: p for n, p in model.named_parameters() if p.is_floating_point() and p.numel() > 1}
+    BackboneNoise(params, lam, "uniform", seed).add(cycle=0)  # never removed

@@ -1,0 +1,41 @@
+import json
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from lorasc.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def tiny_llama(tmp_path, minilm_path):
+    """A small random Llama with MiniLM's tokenizer: the causal-LM plumbing, offline and fast."""
+    folder = tmp_path / "llama"
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.eos_token = "[SEP]"
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_causal_lm_instruction_tuning_end_to_end(tiny_llama, tmp_path, capsys):
+    rows = [{"prompt": f"Capital of {c}?", "response": a} for c, a in [("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Peru", "Lima")]] * 10
+    data = tmp_path / "qa.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    run = tmp_path / "run"
+    code = main(["train", "--task", "causal-lm", "--model", str(tiny_llama), "--data", str(data), "--text-column", "prompt",
+                 "--label-column", "response", "--output-dir", str(run), "--epochs", "6", "--num-cycles", "3",
+                 "--lr", "1e-2", "--batch-size", "8", "--no-progress"])
+    assert code == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    config = (run / "config.yaml").read_text()
+    assert "q_proj" in config and "v_proj" in config  # PEFT's default targets for Llama
+    assert metrics["cycles"] == 3 and "accuracy" in metrics["test"] and "macro_f1" not in metrics["test"]
+    log = (run / "log.csv").read_text().splitlines()
+    first_loss, last_loss = float(log[1].split(",")[4]), float(log[-1].split(",")[4])
+    assert last_loss < first_loss
+    AutoModelForCausalLM.from_pretrained(run / "model")
+    assert (run / "adapter" / "adapter_config.json").is_file()
