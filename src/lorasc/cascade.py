@@ -34,6 +34,7 @@ from peft.utils.other import transpose
 from torch.optim import Optimizer
 
 from .config import LoRASCConfig
+from .distributed import assert_replicas_identical
 from .noise import BackboneNoise, matrix_seed
 from .schedule import cycle_ends, jagged_scheduler
 
@@ -67,8 +68,8 @@ def wrap_model(model: torch.nn.Module, config: LoRASCConfig, adapter: str) -> Pe
 class LoRASC:
     """Drives the cascade on a PEFT LoRA model. Holds no copy of the backbone."""
 
-    def __init__(self, model: torch.nn.Module, config: LoRASCConfig, adapter: str = "default"):
-        self.config, self.adapter = config, adapter
+    def __init__(self, model: torch.nn.Module, config: LoRASCConfig, adapter: str = "default", check_replicas: bool = False):
+        self.config, self.adapter, self.check_replicas = config, adapter, check_replicas
         self.model = wrap_model(model, config, adapter)
         self.layers = {
             name: m for name, m in self.model.named_modules() if isinstance(m, LoraLayer) and adapter in m.lora_A
@@ -121,6 +122,8 @@ class LoRASC:
         self._head_start = {}
         self._zero_experts()
         self.in_cycle = False
+        if self.check_replicas:  # a collective under torch.distributed: every rank ends its cycles together
+            assert_replicas_identical(self)
 
     # ---- step-driven use (plain loop and Trainer callback) --------------------------------
     def begin(self, total_steps: int, steps_per_epoch: int | None = None) -> list[int]:
