@@ -1,4 +1,5 @@
 import os
+from types import SimpleNamespace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -70,3 +71,12 @@ def minilm(minilm_path):
     return AutoModelForSequenceClassification.from_pretrained(
         minilm_path, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
     )
+
+
+class TinyClassifier(TinyNet):
+    """TinyNet with the transformers calling convention: model(x=..., labels=...).loss."""
+
+    def forward(self, x, labels=None):
+        logits = super().forward(x)
+        loss = None if labels is None else torch.nn.functional.cross_entropy(logits, labels)
+        return SimpleNamespace(logits=logits, loss=loss)

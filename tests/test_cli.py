@@ -142,3 +142,17 @@ def test_a_full_disk_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatc
                  "no space left", "--resume")
     assert (run / "LATEST").read_text() == "checkpoint-1"
     assert load_file(run / "checkpoint-1" / "model.safetensors")  # intact and readable
+
+
+def test_flags_override_the_config_file_which_overrides_defaults(tmp_path):
+    from lorasc.cli import build_parser, resolve
+
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"run": {"lr": 0.002, "epochs": 3}, "lorasc": {"slow_alpha": 0.8, "expert": {"r": 4}}}))
+    args = build_parser().parse_args(["train", "--config", str(config), "--lr", "0.005", "--expert-init", "orthogonal",
+                                      "--expert-r", "6", "--seed", "7", "--cycle-steps", "none"])
+    run, lorasc_config = resolve(args)
+    assert (run.lr, run.epochs, run.seed) == (0.005, 3.0, 7)
+    assert (lorasc_config.slow_alpha, lorasc_config.expert_init, lorasc_config.expert.r, lorasc_config.seed) == (0.8, "orthogonal", 6, 7)
+    assert lorasc_config.cycle_steps is None and lorasc_config.num_cycles == 4  # the main job's default
+    assert sorted(lorasc_config.expert.target_modules) == ["dense", "key", "query", "value"]

@@ -9,6 +9,7 @@ Per adapted matrix W (METHOD.md), each cycle t:
     W ← W + α·(Merge(W, expert_t) − W) slow-fast update, then B_t ← 0          (end_cycle)
 
 Merge is PEFT's: W + s·B·A for LoRA and rsLoRA, (m / ‖W + s·B·A‖_c)·(W + s·B·A) for DoRA.
+How a fresh expert starts (PEFT's reset, orthogonal, LoRA-GA) is in init.py.
 Usage in a plain loop:
 
     cascade = LoRASC(model, LoRASCConfig(num_cycles=4))
@@ -33,6 +34,7 @@ from peft.tuners.lora import LoraLayer
 from peft.utils.other import transpose
 from torch.optim import Optimizer
 
+from . import init
 from .config import LoRASCConfig
 from .distributed import assert_replicas_identical
 from .noise import BackboneNoise, matrix_seed
@@ -68,8 +70,19 @@ def wrap_model(model: torch.nn.Module, config: LoRASCConfig, adapter: str) -> Pe
 class LoRASC:
     """Drives the cascade on a PEFT LoRA model. Holds no copy of the backbone."""
 
-    def __init__(self, model: torch.nn.Module, config: LoRASCConfig, adapter: str = "default", check_replicas: bool = False):
-        self.config, self.adapter, self.check_replicas = config, adapter, check_replicas
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        config: LoRASCConfig,
+        adapter: str = "default",
+        check_replicas: bool = False,
+        grad_batches: init.BatchSource | None = None,
+    ):
+        """`grad_batches()` returns the batches (dicts for `model(**batch)`) that `expert_init="gradient"`
+        estimates each cycle's gradient on; `check_replicas` verifies DDP replicas after every merge."""
+        if config.expert_init == "gradient" and grad_batches is None:
+            raise ValueError("expert_init='gradient' is not allowed without grad_batches: pass a function returning a few training batches")
+        self.config, self.adapter, self.check_replicas, self.grad_batches = config, adapter, check_replicas, grad_batches
         self.model = wrap_model(model, config, adapter)
         self.layers = {
             name: m for name, m in self.model.named_modules() if isinstance(m, LoraLayer) and adapter in m.lora_A
@@ -89,6 +102,8 @@ class LoRASC:
         self.in_cycle = False
         self.history: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] = []  # c·A_t, c·B_t per finished cycle
         self._head_start: dict[str, torch.Tensor] = {}
+        self.basis = init.OrthogonalBasis()
+        self.initial: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # (A0, B0) compensated in W (gradient init)
 
     # ---- the cycle -------------------------------------------------------------------------
     @torch.no_grad()
@@ -98,9 +113,9 @@ class LoRASC:
             raise RuntimeError(f"cycle {self.cycle} is still running; call end_cycle() first")
         self.cycle += 1
         self.noise.add(self.cycle)
-        self._reset_experts(seed=matrix_seed(self.config.seed, self.cycle, "expert"))
-        if optimizer is not None and self.config.optimizer_state == "reset":
-            self.reset_optimizer_state(optimizer)
+        self._init_experts(seed=matrix_seed(self.config.seed, self.cycle, "expert"))
+        if optimizer is not None:
+            self.carry_optimizer_state(optimizer)
         if self.config.slow_head:
             self._head_start = {n: p.detach().clone() for n, p in self.head_params.items()}
         self.in_cycle = True
@@ -112,11 +127,16 @@ class LoRASC:
             raise RuntimeError("no cycle is running; call start_cycle() first")
         self.noise.remove()
         alpha = self.config.slow_alpha
-        for layer in self.layers.values():
+        for name, layer in self.layers.items():
             weight = layer.get_base_layer().weight
-            weight.copy_(torch.lerp(weight, merged_weight(layer, self.adapter), alpha))
+            start = self._initial_product(name)  # 0, or the LoRA-GA product compensated in W
+            weight.add_(start)
+            weight.copy_(torch.lerp(weight, merged_weight(layer, self.adapter) - start, alpha))
         if not self.config.expert.use_dora:
             self.history.append(self._scaled_factors())
+        if self.config.expert_init == "orthogonal":
+            self.basis.extend(self.layers, self.adapter)
+        self.initial = {}
         for name, start in self._head_start.items():
             self.head_params[name].lerp_(start, 1 - alpha)  # head ← start + α·(head − start)
         self._head_start = {}
@@ -170,10 +190,17 @@ class LoRASC:
             raise RuntimeError("call begin(total_steps, steps_per_epoch) before scheduler()")
         return jagged_scheduler(optimizer, self.ends[-1], warmup_steps, self.ends, self.config.rewarmup_steps)
 
-    def reset_optimizer_state(self, optimizer: Optimizer) -> None:
-        """Forget the moments of every expert parameter; the head keeps its state."""
+    def carry_optimizer_state(self, optimizer: Optimizer) -> None:
+        """At a new expert: forget its moments (`reset`), keep them, or zero the `prune_ratio` share of
+        smallest magnitude (`prune`, ReLoRA's). The head always keeps its state."""
+        mode = self.config.optimizer_state
         for p in self.expert_params:
-            optimizer.state.pop(p, None)
+            if mode == "reset":
+                optimizer.state.pop(p, None)
+            elif mode == "prune":
+                for moment in ("exp_avg", "exp_avg_sq"):
+                    if moment in optimizer.state.get(p, {}):
+                        prune_smallest(optimizer.state[p][moment], self.config.prune_ratio)
 
     # ---- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -186,12 +213,15 @@ class LoRASC:
             "noise": self.noise.state_dict(),
             "history": self.history,
             "head_start": self._head_start,
+            "basis": self.basis.bases,
+            "initial": self.initial,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.cycle, self.steps, self.ends, self.in_cycle = state["cycle"], state["steps"], list(state["ends"]), state["in_cycle"]
         self.noise.load_state_dict(state["noise"])
         self.history, self._head_start = state["history"], state["head_start"]
+        self.basis.bases, self.initial = state["basis"], state["initial"]
 
     # ---- internals ------------------------------------------------------------------------
     def _expert_tensors(self, layer: LoraLinear) -> list[torch.nn.Parameter]:
@@ -210,12 +240,23 @@ class LoRASC:
             if not p.requires_grad and p.is_floating_point() and id(p) not in expert_ids and p.numel() > 1
         }
 
-    def _reset_experts(self, seed: int) -> None:
+    def _init_experts(self, seed: int) -> None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            for name in sorted(self.layers):
-                self.layers[name].reset_lora_parameters(self.adapter, self.config.expert.init_lora_weights)
+            init.kaiming(self.layers, self.adapter, self.config.expert.init_lora_weights)
+            if self.config.expert_init == "orthogonal":
+                self.basis.project(self.layers, self.adapter)
+            elif self.config.expert_init == "gradient":
+                self.initial = init.gradient(self.model, self.layers, self.adapter, self.grad_batches())
         self._reset_dora_magnitudes()
+
+    def _initial_product(self, name: str) -> torch.Tensor | float:
+        """s·B0·A0 of a gradient-initialised expert (as PEFT compensated it), else 0."""
+        if name not in self.initial:
+            return 0.0
+        layer = self.layers[name]
+        a0, b0 = self.initial[name]
+        return transpose(b0.float() @ a0.float(), layer.fan_in_fan_out).to(layer.get_base_layer().weight.dtype) * layer.scaling[self.adapter]
 
     def _zero_experts(self) -> None:
         for layer in self.layers.values():
@@ -237,5 +278,16 @@ class LoRASC:
         for name, layer in self.layers.items():
             c = math.sqrt(self.config.slow_alpha * layer.scaling[self.adapter])
             a, b = (t.weight.detach().float().cpu() for t in (layer.lora_A[self.adapter], layer.lora_B[self.adapter]))
+            if name in self.initial:  # B·A − B0·A0 = [B, −B0]·[A; A0]
+                a0, b0 = (t.float().cpu() for t in self.initial[name])
+                a, b = torch.cat([a, a0], 0), torch.cat([b, -b0], 1)
             factors[name] = (c * a, c * b)
         return factors
+
+
+def prune_smallest(moment: torch.Tensor, ratio: float) -> None:
+    """Zero the `ratio` share of entries with the smallest magnitude, in place."""
+    k = int(ratio * moment.numel())
+    if k > 0:
+        threshold = moment.abs().flatten().kthvalue(k).values
+        moment[moment.abs() <= threshold] = 0

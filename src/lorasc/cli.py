@@ -18,17 +18,14 @@ from pathlib import Path
 
 import yaml
 
-from .config import DEFAULT_EXPERT, METHODS, NOISE_KINDS, NOISE_TARGETS, OPTIMIZER_STATE_MODES, LoRASCConfig
+from .config import DEFAULT_EXPERT, EXPERT_INITS, METHODS, NOISE_KINDS, NOISE_TARGETS, OPTIMIZER_STATE_MODES, LoRASCConfig
 from .data import default_model_path
 from .train import TASKS, RunConfig, default_targets
 
 # The main job's defaults: a 4-expert cascade over one epoch of 8,000 tweets (about 500 steps).
 DEFAULT_LORASC = {"num_cycles": 4}
-LORASC_FLAGS = {
-    "slow_alpha": float, "noise_lambda": float, "noise_kind": NOISE_KINDS, "noise_targets": NOISE_TARGETS,
-    "cycle_steps": int, "num_cycles": int, "rewarmup_steps": int, "optimizer_state": OPTIMIZER_STATE_MODES,
-    "loraplus_lr_ratio": float, "slow_head": bool, "seed": int,
-}
+CHOICES = {"noise_kind": NOISE_KINDS, "noise_targets": NOISE_TARGETS, "optimizer_state": OPTIMIZER_STATE_MODES, "expert_init": EXPERT_INITS}
+LORASC_FLAGS = {f.name: CHOICES.get(f.name, f.type) for f in dataclasses.fields(LoRASCConfig) if f.name != "expert"}
 EXPERT_FLAGS = {"r": int, "lora_alpha": float, "target_modules": list, "lora_dropout": float, "use_dora": bool, "use_rslora": bool, "init_lora_weights": str}
 RUN_FLAGS = {f.name: f.type for f in dataclasses.fields(RunConfig) if f.name not in ("method", "task", "seed")}
 
@@ -41,7 +38,7 @@ def _add_flags(parser: argparse.ArgumentParser, fields: dict, prefix: str = "") 
     for name, kind in fields.items():
         flag = "--" + (prefix + name).replace("_", "-")
         dest = prefix.replace("-", "_") + name
-        if kind is bool:
+        if kind in (bool, "bool"):
             parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
         elif isinstance(kind, tuple):
             parser.add_argument(flag, dest=dest, choices=kind, default=argparse.SUPPRESS)
@@ -105,7 +102,7 @@ def resolve(args: argparse.Namespace) -> tuple[RunConfig, LoRASCConfig]:
     flags = vars(args)
     run_values.update({k: flags[k] for k in [*RUN_FLAGS, "method", "task", "model", "train_file"] if k in flags})
     lorasc_values.update({k: flags[k] for k in LORASC_FLAGS if k in flags})
-    expert_values.update({k.removeprefix("expert_"): v for k, v in flags.items() if k.startswith("expert_")})
+    expert_values.update({k: flags["expert_" + k] for k in EXPERT_FLAGS if "expert_" + k in flags})
     if "seed" in flags:
         run_values["seed"] = flags["seed"]
     run_values.setdefault("seed", lorasc_values.get("seed", 0))

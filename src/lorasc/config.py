@@ -10,7 +10,8 @@ from peft import LoraConfig
 
 NOISE_KINDS = ("uniform", "gaussian")
 NOISE_TARGETS = ("adapted", "all")
-OPTIMIZER_STATE_MODES = ("reset", "keep")
+OPTIMIZER_STATE_MODES = ("reset", "keep", "prune")
+EXPERT_INITS = ("kaiming", "gradient", "orthogonal")
 # Inits that PEFT's `reset_lora_parameters` redraws without touching the backbone. The others
 # (PiSSA, OLoRA, LoftQ, EVA, LoRA-GA, CorDA) rewrite the base weight when applied, so re-running
 # them every cycle is not a fresh expert on the same backbone.
@@ -42,6 +43,9 @@ class LoRASCConfig:
     num_cycles: int | None = None
     rewarmup_steps: int = 10
     optimizer_state: str = "reset"
+    prune_ratio: float = 0.9
+    expert_init: str = "kaiming"
+    gradient_batches: int = 4
     loraplus_lr_ratio: float = 1.0
     slow_head: bool = False
     seed: int = 0
@@ -63,6 +67,15 @@ class LoRASCConfig:
         )
         require(self.rewarmup_steps >= 0, "rewarmup_steps", self.rewarmup_steps, "an integer >= 0")
         require(self.optimizer_state in OPTIMIZER_STATE_MODES, "optimizer_state", self.optimizer_state, f"one of {OPTIMIZER_STATE_MODES}")
+        require(0.0 < self.prune_ratio < 1.0, "prune_ratio", self.prune_ratio, "a float in (0, 1): the share of Adam moments zeroed at each reset")
+        require(self.expert_init in EXPERT_INITS, "expert_init", self.expert_init, f"one of {EXPERT_INITS}")
+        require(self.gradient_batches >= 1, "gradient_batches", self.gradient_batches, "an integer >= 1")
+        require(
+            not (self.expert_init == "gradient" and self.expert.use_dora),
+            "expert_init",
+            self.expert_init,
+            "'kaiming' or 'orthogonal' with a DoRA expert (LoRA-GA's compensation is defined for LoRA and rsLoRA)",
+        )
         require(self.loraplus_lr_ratio > 0, "loraplus_lr_ratio", self.loraplus_lr_ratio, "a float > 0; 1 is plain LoRA, 16 is LoRA+")
         require(isinstance(self.expert, LoraConfig), "expert", type(self.expert).__name__, "a peft.LoraConfig")
         require(isinstance(self.expert.r, int) and self.expert.r >= 1, "expert.r", self.expert.r, "an integer >= 1")

@@ -154,8 +154,12 @@ def encode(tokenizer, examples: list[Example], task: str, max_length: int) -> di
     }
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+def batch_at(step: int, train: list[Example], run: RunConfig) -> list[Example]:
+    """The examples of optimizer step `step`: a seeded shuffle per epoch, so any step can be replayed."""
+    steps_per_epoch = math.ceil(len(train) / run.batch_size)
+    epoch, position = divmod(step, steps_per_epoch)
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(run.seed * 1000 + epoch)).tolist()
+    return [train[i] for i in order[position * run.batch_size : (position + 1) * run.batch_size]]
 
 
 # ---- evaluation --------------------------------------------------------------------------------
@@ -267,7 +271,12 @@ def build(run: RunConfig, config: LoRASCConfig):
     if run.task == "classification" and not method_config.expert.modules_to_save:
         expert = dataclasses.replace(method_config.expert, task_type="SEQ_CLS")  # PEFT then trains the new head in full
         method_config = dataclasses.replace(method_config, expert=expert)
-    return data, tokenizer, LoRASC(model, method_config)
+
+    def upcoming_batches():  # LoRA-GA's gradient estimate: the batches the new expert will train on first
+        return [encode(tokenizer, batch_at(cascade.steps + i, data.train, run), run.task, run.max_length) for i in range(method_config.gradient_batches)]
+
+    cascade = LoRASC(model, method_config, grad_batches=upcoming_batches)
+    return data, tokenizer, cascade
 
 
 def train(run: RunConfig, config: LoRASCConfig, run_dir: str | Path, resume: bool = False, progress: bool = True, save_models: bool = True) -> dict:
@@ -299,10 +308,7 @@ def train(run: RunConfig, config: LoRASCConfig, run_dir: str | Path, resume: boo
     start_time, window = time.perf_counter(), []
     bar = tqdm(total=total_steps, initial=cascade.steps, disable=not progress, desc=run.method, unit="step", dynamic_ncols=True)
     while cascade.steps < total_steps:
-        step = cascade.steps
-        epoch, position = divmod(step, steps_per_epoch)
-        order = epoch_order(len(data.train), run.seed, epoch)
-        batch = encode(tokenizer, [data.train[i] for i in order[position * run.batch_size : (position + 1) * run.batch_size]], run.task, run.max_length)
+        batch = encode(tokenizer, batch_at(cascade.steps, data.train, run), run.task, run.max_length)
         lr = scheduler.get_last_lr()[0]
         loss = model(**batch).loss
         loss.backward()
