@@ -163,7 +163,7 @@ def summary_table(metrics: dict) -> str:
     lines += [
         "",
         f"method {metrics['method']}, {metrics['steps']} steps, {metrics['cycles']} cycle(s)",
-        f"wall time {metrics['train_seconds']:.0f} s ({metrics['seconds_per_step']:.2f} s/step), peak memory {metrics['peak_rss_mb']:.0f} MB",
+        f"wall time {metrics['train_seconds']:.0f} s ({metrics['seconds_per_step']:.2f} s per training step), peak memory {metrics['peak_rss_mb']:.0f} MB",
         f"trainable parameters {metrics['trainable_params']:,}",
     ]
     if "delta_effective_rank" in metrics:

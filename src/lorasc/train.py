@@ -292,7 +292,7 @@ def train(run: RunConfig, config: LoRASCConfig, run_dir: str | Path, resume: boo
     scheduler = cascade.scheduler(optimizer, warmup_steps=run.warmup_steps)
 
     checkpoint = load_checkpoint(run_dir) if resume else None
-    rows, elapsed = [], 0.0
+    rows, elapsed, step_seconds = [], 0.0, 0.0
     if checkpoint is not None:
         state, weights = checkpoint
         model.load_state_dict(weights)
@@ -300,7 +300,7 @@ def train(run: RunConfig, config: LoRASCConfig, run_dir: str | Path, resume: boo
         scheduler.load_state_dict(state["scheduler"])
         cascade.load_state_dict(state["cascade"])
         torch.set_rng_state(state["rng"])
-        rows, elapsed = state["rows"], state["elapsed"]
+        rows, elapsed, step_seconds = state["rows"], state["elapsed"], state["step_seconds"]
     log = CsvLog(run_dir / "log.csv", rows)
     num_classes = len(data.labels)
 
@@ -310,6 +310,7 @@ def train(run: RunConfig, config: LoRASCConfig, run_dir: str | Path, resume: boo
     while cascade.steps < total_steps:
         batch = encode(tokenizer, batch_at(cascade.steps, data.train, run), run.task, run.max_length)
         lr = scheduler.get_last_lr()[0]
+        step_start = time.perf_counter()
         loss = model(**batch).loss
         loss.backward()
         optimizer.step()
@@ -317,7 +318,8 @@ def train(run: RunConfig, config: LoRASCConfig, run_dir: str | Path, resume: boo
         optimizer.zero_grad(set_to_none=True)
         window.append(loss.item())
         cycle = cascade.cycle
-        cycle_ended = cascade.step(optimizer)
+        cycle_ended = cascade.step(optimizer)  # merges and fresh experts count as training time
+        step_seconds += time.perf_counter() - step_start
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", cycle=f"{cycle}/{cascade.num_cycles}")
         evaluate_now = cycle_ended or (run.eval_every and cascade.steps % run.eval_every == 0) or cascade.steps == total_steps
@@ -331,22 +333,23 @@ def train(run: RunConfig, config: LoRASCConfig, run_dir: str | Path, resume: boo
             window = []
         if run.checkpoint_every and (cascade.steps % run.checkpoint_every == 0 or cycle_ended) and cascade.steps < total_steps:
             state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "cascade": cascade.state_dict(),
-                     "rng": torch.get_rng_state(), "rows": log.rows, "elapsed": elapsed + time.perf_counter() - start_time}
+                     "rng": torch.get_rng_state(), "rows": log.rows, "elapsed": elapsed + time.perf_counter() - start_time,
+                     "step_seconds": step_seconds}
             save_checkpoint(run_dir, cascade.steps, state, model.state_dict())
     bar.close()
     cascade.finish()
-    train_seconds = elapsed + time.perf_counter() - start_time
-    return summarize(run, config, cascade, data, tokenizer, run_dir, train_seconds, total_steps, save_models)
+    wall_seconds = elapsed + time.perf_counter() - start_time
+    return summarize(run, config, cascade, data, tokenizer, run_dir, wall_seconds, step_seconds, total_steps, save_models)
 
 
-def summarize(run, config, cascade, data, tokenizer, run_dir: Path, train_seconds: float, total_steps: int, save_models: bool) -> dict:
+def summarize(run, config, cascade, data, tokenizer, run_dir: Path, wall_seconds: float, step_seconds: float, total_steps: int, save_models: bool) -> dict:
     model, num_classes = cascade.model, len(data.labels)
     results = {
         "method": run.method,
         "steps": total_steps,
         "cycles": cascade.num_cycles,
-        "train_seconds": train_seconds,
-        "seconds_per_step": train_seconds / total_steps,
+        "train_seconds": wall_seconds,  # the training loop's wall time, evaluations and checkpoints included
+        "seconds_per_step": step_seconds / total_steps,  # forward, backward, optimizer and cascade steps only
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "train": evaluate(model, tokenizer, data.train[: run.n_test], run, num_classes),
