@@ -156,3 +156,15 @@ def test_flags_override_the_config_file_which_overrides_defaults(tmp_path):
     assert (lorasc_config.slow_alpha, lorasc_config.expert_init, lorasc_config.expert.r, lorasc_config.seed) == (0.8, "orthogonal", 6, 7)
     assert lorasc_config.cycle_steps is None and lorasc_config.num_cycles == 4  # the main job's default
     assert sorted(lorasc_config.expert.target_modules) == ["dense", "key", "query", "value"]
+
+
+def test_full_fine_tuning_reference(tmp_path, minilm_path):
+    run = tmp_path / "full"
+    assert cli("train", "--method", "full", "--output-dir", run, "--max-steps", "3", *TINY) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    base = AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=3)
+    assert metrics["trainable_params"] == sum(p.numel() for p in base.parameters())
+    assert metrics["cycles"] == 1 and "delta_effective_rank" not in metrics
+    tuned = AutoModelForSequenceClassification.from_pretrained(run / "model")
+    changed = tuned.state_dict()["bert.embeddings.word_embeddings.weight"] != base.state_dict()["bert.embeddings.word_embeddings.weight"]
+    assert changed.any() and not (run / "adapter").exists()  # every weight trains; no adapter to export

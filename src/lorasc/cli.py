@@ -18,9 +18,9 @@ from pathlib import Path
 
 import yaml
 
-from .config import DEFAULT_EXPERT, EXPERT_INITS, METHODS, NOISE_KINDS, NOISE_TARGETS, OPTIMIZER_STATE_MODES, LoRASCConfig
+from .config import DEFAULT_EXPERT, EXPERT_INITS, NOISE_KINDS, NOISE_TARGETS, OPTIMIZER_STATE_MODES, LoRASCConfig
 from .data import default_model_path
-from .train import TASKS, RunConfig, default_targets
+from .train import RUN_METHODS, TASKS, RunConfig, default_targets
 
 # The main job's defaults: a 4-expert cascade over one epoch of 8,000 tweets (about 500 steps).
 DEFAULT_LORASC = {"num_cycles": 4}
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, help="YAML or JSON file with 'run' and 'lorasc' sections (RUN/config.yaml works)")
     train.add_argument("--output-dir", type=Path, default=None, help="run folder (default: runs/<method>)")
     train.add_argument("--resume", action="store_true", help="continue from the run folder's last good checkpoint")
-    train.add_argument("--method", choices=METHODS, default=argparse.SUPPRESS)
+    train.add_argument("--method", choices=RUN_METHODS, default=argparse.SUPPRESS)
     train.add_argument("--task", choices=TASKS, default=argparse.SUPPRESS)
     train.add_argument("--model", dest="model", default=argparse.SUPPRESS, help="local model folder")
     train.add_argument("--data", dest="train_file", default=argparse.SUPPRESS, help="training CSV/JSONL (alias of --train-file)")

