@@ -67,21 +67,22 @@ class Method:
 
 # LoRASC's knobs are pinned here, not taken from the library defaults, so results stay comparable.
 LORASC = {"slow_alpha": 0.5, "noise_lambda": NOISE, "rewarmup_steps": 10}
-# Grids: "wide" for the stability comparison; two points elsewhere, "low" for the methods whose update
-# moves faster at a given LR (LoRA+: B at 16×; rsLoRA: scale 16/√8 instead of 16/8), "mid" for the rest.
+# Grids, four LRs spanning 30× each: "wide"; "fast", one step lower, for the methods whose update moves
+# faster at a given LR (LoRA+: B at 16×; rsLoRA: scale 16/√8 instead of 16/8); "full" for full fine-tuning.
 METHODS = {
     "LoRA": Method("lora", "wide"),
-    "rsLoRA": Method("lora", "low", expert={"use_rslora": True}),
-    "LoRA+": Method("lora", "low", {"loraplus_lr_ratio": 16.0}),
-    "DoRA": Method("lora", "mid", expert={"use_dora": True}),
+    "rsLoRA": Method("lora", "fast", expert={"use_rslora": True}),
+    "LoRA+": Method("lora", "fast", {"loraplus_lr_ratio": 16.0}),
+    "DoRA": Method("lora", "wide", expert={"use_dora": True}),
     "NoisyTune": Method("noisytune", ("LoRA",), {"noise_lambda": NOISE}),  # LoRA on a perturbed backbone
-    "COLA": Method("cola", "mid"),
-    "ReLoRA": Method("relora", "mid", {"rewarmup_steps": 10}),
+    "COLA": Method("cola", "wide"),
+    "ReLoRA": Method("relora", "wide", {"rewarmup_steps": 10}),
     "LoRASC": Method("lorasc", "wide", LORASC),
     "LoRASC+LoRA+": Method("lorasc", ("LoRASC", "LoRA+"), {**LORASC, "loraplus_lr_ratio": 16.0}),
     "LoRASC+DoRA": Method("lorasc", ("LoRASC", "DoRA"), LORASC, {"use_dora": True}),
     "ablation α=1, noise": Method("lorasc", ("LoRASC",), {**LORASC, "slow_alpha": 1.0}),
     "ablation α=0.5, no noise": Method("lorasc", ("LoRASC",), {**LORASC, "noise_lambda": 0.0}),
+    "Full FT": Method("full", "full"),  # the upper reference: every weight trained
 }
 BASELINES = ("LoRA", "LoRA+", "DoRA")  # the headline: LoRASC against the best of these
 
@@ -107,13 +108,13 @@ class Protocol:
 
 FULL = Protocol(
     name="full", steps=160, num_cycles=4, n_test=800, n_ood=400, methods=tuple(METHODS),
-    grids={"wide": (2e-4, 6e-4, 2e-3, 6e-3), "low": (2e-4, 6e-4), "mid": (6e-4, 2e-3)}, finalists=("LoRA", "LoRA+", "DoRA", "LoRASC"),
+    grids={"wide": (2e-4, 6e-4, 2e-3, 6e-3), "fast": (6e-5, 2e-4, 6e-4, 2e-3), "full": (2e-5, 6e-5, 2e-4, 6e-4)}, finalists=("LoRA", "LoRA+", "DoRA", "LoRASC"),
     extra_seeds=(1, 2), long_methods=("LoRA", "LoRASC"), long_n_train=480, long_epochs=6,
     rank1_methods=("LoRA", "LoRASC"), latency_passes=40,
 )
 QUICK = Protocol(
     name="quick", steps=12, num_cycles=2, n_test=64, n_ood=64, methods=("LoRA", "LoRASC"),
-    grids={"wide": (1e-3, 4e-3), "low": (1e-3,), "mid": (4e-3,)}, finalists=(), extra_seeds=(), long_methods=("LoRA", "LoRASC"),
+    grids={"wide": (1e-3, 4e-3), "fast": (1e-3,), "full": (1e-4,)}, finalists=(), extra_seeds=(), long_methods=("LoRA", "LoRASC"),
     long_n_train=48, long_epochs=3, rank1_methods=("LoRASC",), latency_passes=5,
 )
 
