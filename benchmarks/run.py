@@ -86,6 +86,7 @@ METHODS = {
 }
 BASELINES = ("LoRA", "LoRA+", "DoRA")  # the headline: LoRASC against the best of these
 REFERENCE = "Full FT"  # not a rival on the same budget: it trains all 22.7M weights
+SAME_COMPUTE = ("rsLoRA", "LoRA+", "NoisyTune")  # LoRA's exact computation per step, other numbers
 
 
 # ---- protocols -----------------------------------------------------------------------------------
@@ -402,6 +403,12 @@ def cost_table(runs: list[dict]) -> dict:
                 "trainable_params": v["trainable_params"]} for m, v in medians.items()}
 
 
+def paired_diffs(a: dict, b: dict, key: str) -> list[float]:
+    """a − b on each seed both have (the same seed is the same data split)."""
+    b_by_seed = dict(zip(b["seeds"], b[key]["values"]))
+    return [x - b_by_seed[seed] for seed, x in zip(a["seeds"], a[key]["values"]) if seed in b_by_seed]
+
+
 def headline(main: dict, split: str) -> dict | None:
     """LoRASC against the best of LoRA / LoRA+ / DoRA (by mean accuracy): a win or a loss only when the
     difference of means exceeds the larger seed standard deviation of the two."""
@@ -413,7 +420,7 @@ def headline(main: dict, split: str) -> dict | None:
     ours, theirs = main["LoRASC"][key], main[rival][key]
     diff = ours["mean"] - theirs["mean"]
     spread = max(s for s in (ours["std"], theirs["std"], 0.0) if s is not None)
-    paired = [a - b for s, a in zip(main["LoRASC"]["seeds"], ours["values"]) for t, b in zip(main[rival]["seeds"], theirs["values"]) if s == t]
+    paired = paired_diffs(main["LoRASC"], main[rival], key)
     if ours["std"] is None or theirs["std"] is None:
         verdict = "not decided (a single seed: no spread to compare with)"
     elif abs(diff) <= spread:
@@ -454,7 +461,7 @@ def plot_all(summary: dict, prefix: Path) -> dict[str, Path]:
         plt.close(fig)
 
     if summary["stability"]:
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+        fig, axes = plt.subplots(1, 2, figsize=(14, 4.5), sharey=True)
         colors = plt.get_cmap("tab20")
         for i, (method, s) in enumerate(summary["stability"].items()):
             style = "--" if METHODS[method].preset == "lorasc" else "-"  # the LoRASC family dashed
@@ -464,7 +471,7 @@ def plot_all(summary: dict, prefix: Path) -> dict[str, Path]:
         for ax, title in zip(axes, ("ID test accuracy (seed 0)", "OOD accuracy (seed 0)")):
             ax.set_xscale("log"), ax.set_xlabel("learning rate"), ax.set_title(title), ax.grid(alpha=0.3)
         axes[0].set_ylabel("accuracy (%)")
-        axes[1].legend(fontsize=7, loc="lower left")
+        axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
         save(fig, "lr")
     if summary["main"]:
         methods = list(summary["main"])
@@ -610,18 +617,21 @@ def main_section(s: dict) -> str:
     lora = s["main"].get("LoRA")
 
     def delta(r: dict, key: str) -> str:
-        return f"{100 * (r[key]['mean'] - lora[key]['mean']):+.1f}" if lora else "—"
+        diffs = paired_diffs(r, lora, key) if lora else []
+        return f"{100 * statistics.fmean(diffs):+.1f}" if diffs else "—"
 
     rows = []
     for m, r in s["main"].items():
         rows.append([m, f"{r['lr']:g}", len(r["seeds"]), pm(r["test_accuracy"]), delta(r, "test_accuracy"), pm(r["ood_accuracy"]),
                      delta(r, "ood_accuracy"), pct(r["test_macro_f1"]["mean"]), pct(r["ood_macro_f1"]["mean"]), pm(r["gap"]),
                      "—" if r["effective_rank"] is None else f"{r['effective_rank']:.1f}"])
-    return md_table(["method", "best LR", "seeds", "ID acc %", "Δ LoRA", "OOD acc %", "Δ LoRA", "ID macro-F1", "OOD macro-F1",
+    return md_table(["method", "best LR", "seeds", "ID acc %", "Δ LoRA*", "OOD acc %", "Δ LoRA*", "ID macro-F1", "OOD macro-F1",
                      "train−test gap (pts)", f"eff. rank of ΔW (r={RANK})"], rows) + (
-        f"\n\nAccuracy in %, mean ± sample std over seeds. The train−test gap is train accuracy (on {s['protocol']['n_test']} "
+        f"\n\nAccuracy in %, mean ± sample std over seeds. *Δ LoRA: the mean difference to LoRA on the seeds both have (a "
+        f"one-seed method is compared with LoRA's seed 0, on the same data split). The train−test gap is train accuracy (on {s['protocol']['n_test']} "
         "training tweets, all seen once) minus ID test accuracy. Effective rank (exp of the entropy of the singular values) of each adapted matrix's total "
-        "update, averaged over matrices, seed 0; NoisyTune has none (its base differs from the original by the perturbation).")
+        "update, averaged over matrices, seed 0; NoisyTune has none (its base differs from the original by the perturbation), and a DoRA "
+        "update is full-rank by design (its magnitude rescales every column of W).")
 
 
 def long_section(p: Protocol, s: dict) -> str:
@@ -665,7 +675,7 @@ def cost_section(s: dict) -> str:
     parts = []
     if s["cost"]:
         rows = [[m, f"{c['step_ratio']:.2f}", f"{c['rss_ratio']:.2f}", c["runs"], f"{c['trainable_params']:,}"] for m, c in s["cost"].items()]
-        parts.append(md_table(["method", "step time / LoRA", "peak RSS / LoRA", "runs", "trainable params"], rows))
+        parts.append(md_table(["method", "step time / LoRA", "peak RSS / LoRA", "runs", "trainable params"], rows) + cost_notes(s["cost"]))
     if s["latency"]:
         lat = s["latency"]
         parts.append(md_table(["model", "forward latency / base"], [[n, f"{r:.3f}"] for n, r in lat["ratio"].items()]) + (
@@ -673,6 +683,18 @@ def cost_section(s: dict) -> str:
             f"LoRASC export (plain transformers checkpoint); adapter = the exact stacked adapter (rank {lat['adapter_rank']}) "
             f"loaded unmerged by PEFT on the base. Largest |logit| difference dense vs adapter: {lat['max_abs_logit_diff_dense_vs_adapter']:.1e}."))
     return "\n\n".join(parts) or "_No cost results._"
+
+
+def cost_notes(cost: dict) -> str:
+    """How far to trust the ratios: methods that compute exactly what LoRA computes show their noise."""
+    same = {m: cost[m]["step_ratio"] for m in SAME_COMPUTE if m in cost}
+    notes = [f"{', '.join(same)} do exactly LoRA's computation: their step-time ratios "
+             f"({min(same.values()):.2f}–{max(same.values()):.2f}) show the noise of these ratios on a shared machine."] if same else []
+    if REFERENCE in cost:
+        notes.append(f"Peak RSS is dominated by the framework (about 0.4 GB after the imports) and by allocator growth over the run: "
+                     f"full fine-tuning, which also holds gradients and AdamW state for all 22.7M weights, peaks at ×{cost[REFERENCE]['rss_ratio']:.2f} "
+                     "of LoRA, so these ratios only reveal large differences.")
+    return "\n\n" + " ".join(notes) if notes else ""
 
 
 def headline_text(s: dict) -> str:
