@@ -1,36 +1,55 @@
 #!/usr/bin/env python
 """Study: which LoRASC settings, if any, beat tuned LoRA, LoRA+ and DoRA?
 
-    python benchmarks/study.py            # regime (a) on the benchmark's budget -> results/study.*
-    python benchmarks/study.py --quick    # smoke test on the quick protocol -> results/study_quick.*
-    python benchmarks/study.py --report   # only rewrite the report
+    python benchmarks/study.py                 # both regimes -> results/study_{full,few}.* and results/study.md
+    python benchmarks/study.py --regime b      # one regime
+    python benchmarks/study.py --quick         # smoke test on a tiny budget -> results/study_quick*.*
+    python benchmarks/study.py --report        # only rewrite the reports
 
 The full grid (α × λ × cycles × init × optimizer state × LoRA+ ratio × LR) is far too large for a
-2-core CPU, so the search is one factor at a time from a good base, on the benchmark's main budget
-(regime (a): one epoch of `steps` batches from the full training pool). LoRA, LoRA+ and DoRA
-need no runs here: their LR searches and seeds are the benchmark's (same specs, same results file).
+2-core CPU (a run is 1.5–2.5 min), so the search is one factor at a time from a good base:
 
-  heatmap  α ∈ {0.5, 0.8, 1.0} × the benchmark's wide LR grid, λ = 0.15, kaiming init, reset state;
-           α = 0.5 is the benchmark's own LoRASC grid
-  factors  from the best (α, LR): λ ∈ {0, 0.05}, cycles ∈ {2, 8}, init ∈ {gradient, orthogonal},
-           optimizer state ∈ {keep, prune}, LoRA+ ratio 16
-  seeds    the best setting of all, with the benchmark's extra seeds
+  rivals   LoRA, LoRA+ and DoRA over the benchmark's LR grids, then two more seeds at their best LR
+  heatmap  LoRASC over α × the same LR grid (λ = 0.15, kaiming init, optimizer reset)
+  factors  from the best (α, LR) cell: one field changed at a time (λ, cycles, init, optimizer state, LoRA+ ratio)
+  seeds    the best setting of all, with the same two extra seeds
 
-Not covered yet: regime (b) (1,000 training examples for many epochs, where LoRA overfits).
+Selection is on seed 0's test split (there is no validation split), which favours whichever method
+tried more settings: LoRASC here. The extra seeds draw new data splits and were not used to select,
+so the report also gives the mean over them alone.
+
+Regimes:
+  (a)   the benchmark's main budget: one epoch of 160 batches (2,560 tweets) under 4 cycles. The
+        rivals' runs, and LoRASC's α = 0.5 row, are the benchmark's own (results/full.jsonl).
+  (b)   1,000 tweets for 5 epochs (315 steps), a cycle per epoch: the regime where LoRA overfits.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
+import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as bench  # noqa: E402  (the benchmark's specs, runner and statistics)
 
-ALPHAS = (0.5, 0.8, 1.0)
-FACTORS = {  # label -> LoRASCConfig fields changed from the base setting
+
+@dataclass(frozen=True)
+class Regime:
+    protocol: bench.Protocol  # budget, test sizes, LR grids and rivals; its name names the results
+    title: str
+    long: bool  # False: one epoch of protocol.steps batches; True: long_n_train examples for long_epochs
+    alphas: tuple[float, ...]
+    factors: dict[str, dict]  # label -> LoRASCConfig fields changed from the best heatmap cell
+    rivals_from_benchmark: bool  # the rivals' runs and LoRASC's α = 0.5 row are results/<protocol>.jsonl
+
+
+FACTORS = {
     "λ=0": {"noise_lambda": 0.0},
     "λ=0.05": {"noise_lambda": 0.05},
     "2 cycles": {"num_cycles": 2},
@@ -41,178 +60,247 @@ FACTORS = {  # label -> LoRASCConfig fields changed from the base setting
     "state=prune": {"optimizer_state": "prune"},
     "LoRA+ ×16": {"loraplus_lr_ratio": 16.0},
 }
+FEW_FACTORS = {label: FACTORS[label] for label in ("λ=0", "init=gradient", "state=keep", "LoRA+ ×16")}
+RIVALS = ("LoRA", "LoRA+", "DoRA")
+FEW = dataclasses.replace(bench.FULL, name="few", methods=RIVALS, finalists=RIVALS, long_n_train=1000, long_epochs=5)
+REGIMES = {
+    "a": Regime(bench.FULL, "regime (a): the full training pool, one epoch", False, (0.5, 0.8, 1.0), FACTORS, True),
+    "b": Regime(FEW, "regime (b): 1,000 examples, 5 epochs", True, (0.5, 1.0), FEW_FACTORS, False),
+}
+QUICK_FEW = dataclasses.replace(bench.QUICK, name="quick_few", methods=RIVALS, grids={"wide": (1e-3,), "fast": (1e-3,)}, finalists=("LoRA",), extra_seeds=(1,))
+QUICK = {"a": Regime(bench.QUICK, "quick", False, (0.5, 1.0), {"λ=0": {"noise_lambda": 0.0}}, True),
+         "b": Regime(QUICK_FEW, "quick, few", True, (1.0,), {"λ=0": {"noise_lambda": 0.0}}, False)}
 
 
-def spec(protocol, label: str, lr: float, seed: int, fields: dict) -> dict:
-    s = bench.train_spec(protocol, "study", "LoRASC", lr, seed)
+def spec(regime: Regime, label: str, lr: float, seed: int, fields: dict) -> dict:
+    s = bench.train_spec(regime.protocol, "study", "LoRASC", lr, seed, long=regime.long)
     s["lorasc"].update(fields)
     return {**s, "key": f"study/{label}/lr={lr:g}/seed={seed}", "setting": label, "fields": fields}
 
 
-def heatmap_specs(protocol, baseline: list[dict], study: list[dict]) -> list[dict]:
-    return [spec(protocol, f"α={a}", lr, 0, {"slow_alpha": a}) for a in ALPHAS if a != 0.5 for lr in protocol.grids["wide"]]
+def rival_source(regime: Regime, baseline: list[dict], study: list[dict]) -> list[dict]:
+    return baseline if regime.rivals_from_benchmark else study
 
 
-def heatmap(protocol, baseline: list[dict], study: list[dict]) -> dict[tuple[float, float], dict]:
-    """(α, LR) -> the seed-0 run; α = 0.5 from the benchmark's LoRASC grid."""
-    cells = {(0.5, r["lr"]): r for r in bench.grid_runs(protocol, "LoRASC", baseline)}
-    cells |= {(r["fields"]["slow_alpha"], r["lr"]): r for r in study if r["setting"].startswith("α=") and r["seed"] == 0}
+def rival_grid_specs(regime: Regime, baseline: list[dict], study: list[dict]) -> list[dict]:
+    if regime.rivals_from_benchmark:
+        return []
+    p = regime.protocol
+    return [bench.train_spec(p, "grid", m, lr, 0, long=regime.long) for m in p.methods for lr in bench.grid_lrs(p, m, study)]
+
+
+def rival_seed_specs(regime: Regime, baseline: list[dict], study: list[dict]) -> list[dict]:
+    if regime.rivals_from_benchmark:
+        return []
+    return bench.plan_at_best(regime.protocol, study, "seeds", regime.protocol.finalists, regime.protocol.extra_seeds, long=regime.long)
+
+
+def heatmap_specs(regime: Regime, baseline: list[dict], study: list[dict]) -> list[dict]:
+    alphas = [a for a in regime.alphas if not (regime.rivals_from_benchmark and a == bench.LORASC["slow_alpha"])]
+    return [spec(regime, f"α={a}", lr, 0, {"slow_alpha": a}) for a in alphas for lr in regime.protocol.grids["wide"]]
+
+
+def heatmap(regime: Regime, baseline: list[dict], study: list[dict]) -> dict[tuple[float, float], dict]:
+    """(α, LR) -> the seed-0 run; with rivals_from_benchmark the benchmark's LoRASC grid is α = 0.5's row."""
+    cells = {}
+    if regime.rivals_from_benchmark:
+        cells = {(bench.LORASC["slow_alpha"], r["lr"]): r for r in bench.grid_runs(regime.protocol, "LoRASC", baseline)}
+    cells |= {(r["fields"]["slow_alpha"], r["lr"]): r for r in study if r.get("setting", "").startswith("α=") and r["seed"] == 0}
     return cells
 
 
-def settings(protocol, baseline: list[dict], study: list[dict]) -> dict[str, tuple[dict, dict]]:
+def settings(regime: Regime, baseline: list[dict], study: list[dict]) -> dict[str, tuple[dict, dict]]:
     """Every seed-0 setting tried once the heatmap is complete: label -> (fields, run), the base first."""
-    cells = heatmap(protocol, baseline, study)
-    if len(cells) < len(ALPHAS) * len(protocol.grids["wide"]):
+    cells = heatmap(regime, baseline, study)
+    if len(cells) < len(regime.alphas) * len(regime.protocol.grids["wide"]):
         return {}
     (alpha, _), run = max(cells.items(), key=lambda kv: kv[1]["test"]["accuracy"])
     found = {f"base α={alpha}": ({"slow_alpha": alpha}, run)}
-    found |= {r["setting"]: (r["fields"], r) for r in study if r["setting"] in FACTORS and r["seed"] == 0}
+    found |= {r["setting"]: (r["fields"], r) for r in study if r.get("setting") in regime.factors and r["seed"] == 0}
     return found
 
 
-def factor_specs(protocol, baseline: list[dict], study: list[dict]) -> list[dict]:
-    tried = settings(protocol, baseline, study)
+def factor_specs(regime: Regime, baseline: list[dict], study: list[dict]) -> list[dict]:
+    tried = settings(regime, baseline, study)
     if not tried:
         return []
     fields, base = next(iter(tried.values()))
-    return [spec(protocol, label, base["lr"], 0, {**fields, **change}) for label, change in FACTORS.items()]
+    return [spec(regime, label, base["lr"], 0, {**fields, **change}) for label, change in regime.factors.items()]
 
 
-def best_setting(protocol, baseline: list[dict], study: list[dict]) -> tuple[str, dict, dict] | None:
+def best_setting(regime: Regime, baseline: list[dict], study: list[dict]) -> tuple[str, dict, dict] | None:
     """The best seed-0 setting once every factor has been tried: (label, fields, run)."""
-    tried = settings(protocol, baseline, study)
-    if len(tried) < len(FACTORS) + 1:
+    tried = settings(regime, baseline, study)
+    if len(tried) < len(regime.factors) + 1:
         return None
     label, (fields, run) = max(tried.items(), key=lambda kv: kv[1][1]["test"]["accuracy"])
     return label, fields, run
 
 
-def seed_specs(protocol, baseline: list[dict], study: list[dict]) -> list[dict]:
-    best = best_setting(protocol, baseline, study)
+def seed_specs(regime: Regime, baseline: list[dict], study: list[dict]) -> list[dict]:
+    best = best_setting(regime, baseline, study)
     if best is None:
         return []
     label, fields, run = best
-    return [spec(protocol, f"best: {label}", run["lr"], s, fields) for s in protocol.extra_seeds]
+    return [spec(regime, f"best: {label}", run["lr"], s, fields) for s in regime.protocol.extra_seeds]
 
 
-STAGES = (heatmap_specs, factor_specs, seed_specs)
+STAGES = (rival_grid_specs, heatmap_specs, factor_specs, seed_specs, rival_seed_specs)
 
 
-def sweep(protocol, results_dir: Path) -> None:
+def sweep(regime: Regime, results_dir: Path) -> None:
     """Run every planned spec not yet in the results, one subprocess at a time, stage after stage."""
-    baseline = bench.read_results(results_dir / f"{protocol.name}.jsonl")
-    path = results_dir / f"study_{protocol.name}.jsonl"
+    baseline = bench.read_results(results_dir / f"{regime.protocol.name}.jsonl")
+    path = results_dir / f"study_{regime.protocol.name}.jsonl"
     attempted: set[str] = set()
     for stage in STAGES:
         while True:
             study = list(bench.done(bench.read_results(path)).values())
-            todo = [s for s in stage(protocol, baseline, study) if s["key"] not in {r["key"] for r in study} | attempted]
+            todo = [s for s in stage(regime, baseline, study) if s["key"] not in {r["key"] for r in study} | attempted]
             if not todo:
                 break
             attempted.add(todo[0]["key"])
-            print(f"{todo[0]['key']} ...", flush=True)
-            result = {**bench.run_subprocess(todo[0]), "setting": todo[0]["setting"], "fields": todo[0]["fields"]}
+            print(f"{regime.protocol.name}: {todo[0]['key']} ...", flush=True)
+            result = {**bench.run_subprocess(todo[0]), **{k: todo[0][k] for k in ("setting", "fields") if k in todo[0]}}
             print(f"    {bench.summary_line(result)}", flush=True)
             with open(path, "a") as f:
                 f.write(json.dumps(result) + "\n")
 
 
 # ---- report ---------------------------------------------------------------------------------------
-def summarize(protocol, baseline: list[dict], study: list[dict]) -> dict:
-    cells = heatmap(protocol, baseline, study)
-    tried = settings(protocol, baseline, study)
+def split_stats(runs: list[dict]) -> dict:
+    return {f"{split}_{metric}": bench.stats([r[split][metric] for r in runs]) for split in ("test", "ood") for metric in ("accuracy", "macro_f1")}
+
+
+def summarize(regime: Regime, baseline: list[dict], study: list[dict]) -> dict:
+    p, source = regime.protocol, rival_source(regime, baseline, study)
+    cells = heatmap(regime, baseline, study)
+    rival_grids = {m: [{"lr": r["lr"], "test_accuracy": r["test"]["accuracy"]} for r in bench.grid_runs(p, m, source)] for m in RIVALS}
     summary = {
+        "regime": regime.title,
         "heatmap": [{"alpha": a, "lr": lr, "test_accuracy": r["test"]["accuracy"], "ood_accuracy": r["ood"]["accuracy"]} for (a, lr), r in sorted(cells.items())],
+        "rival_grids": rival_grids,
         "settings": {label: {"lr": r["lr"], "fields": f, "test": r["test"], "ood": r["ood"], "seconds_per_step": r["seconds_per_step"],
-                             "effective_rank": r.get("delta_effective_rank")} for label, (f, r) in tried.items()},
+                             "effective_rank": r.get("delta_effective_rank")} for label, (f, r) in settings(regime, baseline, study).items()},
     }
-    best = best_setting(protocol, baseline, study)
+    best = best_setting(regime, baseline, study)
+    train_runs = [r for r in bench.done(source).values() if r["kind"] == "train"]
+    table = bench.main_table(p, train_runs, {m: bench.best_lr(p, m, source) for m in p.methods})
+    rivals = {m: table[m] for m in RIVALS if m in table}
     if best is not None:
         label, fields, run = best
-        seeds = [run] + [r for r in study if r["setting"] == f"best: {label}"]
-        train_runs = [r for r in bench.done(baseline).values() if r["kind"] == "train"]
-        table = bench.main_table(protocol, train_runs, {m: bench.best_lr(protocol, m, baseline) for m in protocol.methods})
-        rivals = {m: table[m] for m in bench.BASELINES if m in table}
-        ours = {"lr": run["lr"], "seeds": [r["seed"] for r in seeds]}
-        for split in ("test", "ood"):
-            for metric in ("accuracy", "macro_f1"):
-                ours[f"{split}_{metric}"] = bench.stats([r[split][metric] for r in seeds])
+        seeds = [run] + [r for r in study if r.get("setting") == f"best: {label}"]
+        ours = {"lr": run["lr"], "seeds": [r["seed"] for r in seeds], **split_stats(seeds)}
         summary["best"] = {"label": label, "fields": fields, **ours}
         summary["verdict"] = {split: bench.headline({**rivals, "LoRASC": ours}, split) for split in ("test", "ood")}
-        summary["rivals"] = rivals
-    if "init=gradient" in tried and tried:
-        base_run, grad_run = next(iter(tried.values()))[1], tried["init=gradient"][1]
-        cycles = protocol.num_cycles
+    summary["rivals"] = rivals
+    summary["fresh_seeds"] = fresh_seed_means(regime, summary, train_runs, study)
+    factors = {label: s for label, s in summary["settings"].items() if label in regime.factors}
+    if "init=gradient" in factors and len(factors) > 1:
+        # against the other factor runs of the same sweep (the base cell may come from another sweep)
+        others = statistics.median(s["seconds_per_step"] for label, s in factors.items() if label != "init=gradient")
+        cycles = p.long_epochs if regime.long else p.num_cycles
+        steps = math.ceil(p.long_n_train / bench.BATCH) * p.long_epochs if regime.long else p.steps
         summary["gradient_init_cost"] = {
-            "extra_seconds_per_cycle": (grad_run["seconds_per_step"] - base_run["seconds_per_step"]) * protocol.steps / cycles,
-            "relative_to_cycle_training": grad_run["seconds_per_step"] / base_run["seconds_per_step"] - 1,
+            "extra_seconds_per_cycle": (factors["init=gradient"]["seconds_per_step"] - others) * steps / cycles,
+            "relative_to_cycle_training": factors["init=gradient"]["seconds_per_step"] / others - 1,
         }
     return summary
 
 
-def plot_heatmap(summary: dict, path: Path) -> None:
+def fresh_seed_means(regime: Regime, summary: dict, train_runs: list[dict], study: list[dict]) -> dict:
+    """Mean ID/OOD accuracy over the extra seeds only: runs that played no part in choosing a setting."""
+    extra = set(regime.protocol.extra_seeds)
+    picked = {m: [r for r in train_runs if r["method"] == m and r["group"] == "seeds" and r["lr"] == s["lr"] and r["seed"] in extra]
+              for m, s in summary["rivals"].items()}
+    if "best" in summary:
+        picked["LoRASC"] = [r for r in study if r.get("setting") == f"best: {summary['best']['label']}" and r["seed"] in extra]
+    return {m: {split: statistics.fmean(r[split]["accuracy"] for r in runs) for split in ("test", "ood")} for m, runs in picked.items() if runs}
+
+
+def plot_heatmap(regime: Regime, summary: dict, path: Path) -> None:
+    """Seed-0 ID test accuracy: LoRASC's α rows, then the rivals' rows, over every LR."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lrs = sorted({c["lr"] for c in summary["heatmap"]})
-    grid = [[next((100 * c["test_accuracy"] for c in summary["heatmap"] if c["alpha"] == a and c["lr"] == lr), float("nan")) for lr in lrs] for a in ALPHAS]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    rows = {f"LoRASC α={a}": {c["lr"]: c["test_accuracy"] for c in summary["heatmap"] if c["alpha"] == a} for a in regime.alphas}
+    rows |= {m: {g["lr"]: g["test_accuracy"] for g in grid} for m, grid in summary["rival_grids"].items() if grid}
+    lrs = sorted({lr for row in rows.values() for lr in row})
+    grid = [[100 * row[lr] if lr in row else float("nan") for lr in lrs] for row in rows.values()]
+    fig, ax = plt.subplots(figsize=(1.3 * len(lrs) + 3, 0.5 * len(rows) + 1.5))
     image = ax.imshow(grid, cmap="viridis", aspect="auto")
-    for i, row in enumerate(grid):
-        for j, value in enumerate(row):
-            ax.text(j, i, f"{value:.1f}", ha="center", va="center", color="white")
-    ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs]), ax.set_yticks(range(len(ALPHAS)), [f"α={a}" for a in ALPHAS])
-    ax.set_xlabel("learning rate"), ax.set_title("LoRASC ID test accuracy (%), λ = 0.15, seed 0")
+    for i, line in enumerate(grid):
+        for j, value in enumerate(line):
+            if value == value:  # not NaN
+                ax.text(j, i, f"{value:.1f}", ha="center", va="center", color="white")
+    ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs]), ax.set_yticks(range(len(rows)), list(rows))
+    ax.set_xlabel("learning rate"), ax.set_title(f"ID test accuracy (%), seed 0, {regime.title}", fontsize=9)
     fig.colorbar(image)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def render(summary: dict, heatmap_png: str) -> str:
+def render(regime: Regime, summary: dict, heatmap_png: str) -> str:
     rows = [[label, f"{s['lr']:g}", bench.pct(s["test"]["accuracy"]), bench.pct(s["test"]["macro_f1"]), bench.pct(s["ood"]["accuracy"]),
              bench.pct(s["ood"]["macro_f1"]), f"{s['effective_rank']:.1f}" if s["effective_rank"] else "—"] for label, s in summary["settings"].items()]
-    parts = ["## Study: the settings where LoRASC might beat tuned LoRA (regime (a))", "", __doc__.split("\n\n", 2)[2].strip(), "",
-             f"![α × LR]({heatmap_png})", "", "One factor at a time from the best (α, LR), seed 0:", "",
+    parts = [f"### {regime.title[0].upper()}{regime.title[1:]}", "", f"![α × LR]({heatmap_png})", "",
+             "LoRASC, one factor at a time from the best (α, LR) cell, seed 0:", "",
              bench.md_table(["setting", "LR", "ID acc", "ID F1", "OOD acc", "OOD F1", "eff. rank"], rows)]
+    fresh = summary["fresh_seeds"]
+
+    def row(name: str, s: dict) -> list:
+        f = fresh.get(name.split(",")[0])
+        cells = [bench.pm(s[k]) for k in ("test_accuracy", "test_macro_f1", "ood_accuracy", "ood_macro_f1")]
+        return [name, f"{s['lr']:g}", *cells, f"{bench.pct(f['test'])} / {bench.pct(f['ood'])}" if f else "—"]
+
+    table = [row(m, s) for m, s in summary["rivals"].items()]
     if "best" in summary:
-        b = summary["best"]
-        rivals = [[m, f"{r['lr']:g}", bench.pm(r["test_accuracy"]), bench.pm(r["test_macro_f1"]), bench.pm(r["ood_accuracy"]), bench.pm(r["ood_macro_f1"])]
-                  for m, r in summary["rivals"].items()]
-        rivals.append([f"LoRASC, {b['label']}", f"{b['lr']:g}", bench.pm(b["test_accuracy"]), bench.pm(b["test_macro_f1"]), bench.pm(b["ood_accuracy"]), bench.pm(b["ood_macro_f1"])])
-        parts += ["", "Each at its own best setting, mean ± std over seeds:", "",
-                  bench.md_table(["method", "LR", "ID acc", "ID F1", "OOD acc", "OOD F1"], rivals), ""]
-        for split, name in (("test", "in distribution"), ("ood", "out of distribution")):
-            v = summary["verdict"][split]
-            if v:
-                parts.append(f"- {name}: best LoRASC minus {v['rival']} = {100 * v['diff']:+.1f} points, seed spread {100 * v['spread']:.1f}: **{v['verdict']}**.")
+        table.append(row(f"LoRASC, {summary['best']['label']}", summary["best"]))
+    parts += ["", "Each at its own best setting, mean ± std over seeds 0–2 (the last column: seeds 1–2 alone, never used to select):", "",
+              bench.md_table(["method", "LR", "ID acc", "ID F1", "OOD acc", "OOD F1", "ID / OOD acc, seeds 1–2"], table), ""]
+    for split, name in (("test", "in distribution"), ("ood", "out of distribution")):
+        v = summary.get("verdict", {}).get(split)
+        if v:
+            parts.append(f"- {name}: best LoRASC minus {v['rival']} = {100 * v['diff']:+.1f} points, seed spread {100 * v['spread']:.1f}: **{v['verdict']}**.")
     if "gradient_init_cost" in summary:
         g = summary["gradient_init_cost"]
         parts += ["", f"Gradient initialisation adds {g['extra_seconds_per_cycle']:.1f} s per cycle, "
-                      f"{100 * g['relative_to_cycle_training']:+.0f} % of a cycle's training time (step times side by side in one sweep)."]
+                      f"{100 * g['relative_to_cycle_training']:+.0f} % of a cycle's training time (against the median step time of the other "
+                      "factor runs of the same sweep)."]
     return "\n".join(parts) + "\n"
+
+
+def report(regimes: dict[str, Regime], results_dir: Path, path: Path) -> Path:
+    """Per regime: study_<protocol>.json and _heatmap.png; all regimes: the markdown at `path`."""
+    sections = ["## Study: the settings where LoRASC might beat tuned LoRA", "", __doc__.split("\n\n", 2)[2].strip(), ""]
+    for regime in regimes.values():
+        name = regime.protocol.name
+        baseline = bench.read_results(results_dir / f"{name}.jsonl")
+        study = list(bench.done(bench.read_results(results_dir / f"study_{name}.jsonl")).values())
+        summary = summarize(regime, baseline, study)
+        (results_dir / f"study_{name}.json").write_text(json.dumps(summary, indent=2))
+        plot_heatmap(regime, summary, results_dir / f"study_{name}_heatmap.png")
+        sections.append(render(regime, summary, f"study_{name}_heatmap.png"))  # relative to the results folder
+    path.write_text("\n".join(sections))
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--regime", choices=tuple(REGIMES), help="default: both")
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--results-dir", type=Path, default=bench.RESULTS)
     args = parser.parse_args(argv)
-    protocol = bench.QUICK if args.quick else bench.FULL
+    regimes = QUICK if args.quick else REGIMES
     if not args.report:
-        sweep(protocol, args.results_dir)
-    baseline = bench.read_results(args.results_dir / f"{protocol.name}.jsonl")
-    study = list(bench.done(bench.read_results(args.results_dir / f"study_{protocol.name}.jsonl")).values())
-    summary = summarize(protocol, baseline, study)
-    stem = args.results_dir / f"study_{protocol.name}"
-    stem.with_suffix(".json").write_text(json.dumps(summary, indent=2))
-    plot_heatmap(summary, stem.with_name(stem.name + "_heatmap.png"))
-    stem.with_suffix(".md").write_text(render(summary, stem.name + "_heatmap.png"))
-    print(f"report: {stem.with_suffix('.md')}")
+        for name, regime in regimes.items():
+            if args.regime in (None, name):
+                sweep(regime, args.results_dir)
+    print(f"report: {report(regimes, args.results_dir, args.results_dir / ('study_quick.md' if args.quick else 'study.md'))}")
 
 
 if __name__ == "__main__":

@@ -168,3 +168,12 @@ def test_full_fine_tuning_reference(tmp_path, minilm_path):
     tuned = AutoModelForSequenceClassification.from_pretrained(run / "model")
     changed = tuned.state_dict()["bert.embeddings.word_embeddings.weight"] != base.state_dict()["bert.embeddings.word_embeddings.weight"]
     assert changed.any() and not (run / "adapter").exists()  # every weight trains; no adapter to export
+
+
+def test_the_second_built_in_task_trains_a_five_topic_head(tmp_path):
+    run = tmp_path / "bbc"
+    assert cli("train", "--dataset", "bbc-news", "--output-dir", run, "--max-steps", "4", *TINY) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert yaml.safe_load((run / "config.yaml").read_text())["run"]["dataset"] == "bbc-news"
+    assert AutoModelForSequenceClassification.from_pretrained(run / "model").config.num_labels == 5
+    assert 0.0 <= metrics["ood"]["accuracy"] <= 1.0 and metrics["ood"]["loss"] > 0

