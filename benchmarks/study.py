@@ -11,7 +11,9 @@ The full grid (α × λ × cycles × init × optimizer state × LoRA+ ratio × L
 
   rivals   LoRA, LoRA+ and DoRA over the benchmark's LR grids, then two more seeds at their best LR
   heatmap  LoRASC over α × the same LR grid (λ = 0.15, kaiming init, optimizer reset)
-  factors  from the best (α, LR) cell: one field changed at a time (λ, cycles, init, optimizer state, LoRA+ ratio)
+  factors  from the best (α, LR) cell: one field changed at a time (λ, cycles, init, optimizer state, LoRA+ ratio
+           at the same LR and at LR ÷3 and ÷10, since B moving 16× faster wants a lower LR), then the two best
+           factors that each beat the base and touch different fields, together
   seeds    the best setting of all, with the same two extra seeds
 
 Selection is on seed 0's test split (there is no validation split), which favours whichever method
@@ -59,8 +61,10 @@ FACTORS = {
     "state=keep": {"optimizer_state": "keep"},
     "state=prune": {"optimizer_state": "prune"},
     "LoRA+ ×16": {"loraplus_lr_ratio": 16.0},
+    "LoRA+ ×16, LR ÷3": {"loraplus_lr_ratio": 16.0, "lr_scale": 0.3},  # LoRA+'s own best LR sits 3–10× lower than LoRA's
+    "LoRA+ ×16, LR ÷10": {"loraplus_lr_ratio": 16.0, "lr_scale": 0.1},
 }
-FEW_FACTORS = {label: FACTORS[label] for label in ("λ=0", "init=gradient", "state=keep", "LoRA+ ×16")}
+FEW_FACTORS = {label: FACTORS[label] for label in ("λ=0", "2 cycles", "init=gradient", "state=keep", "LoRA+ ×16, LR ÷3", "LoRA+ ×16, LR ÷10")}
 RIVALS = ("LoRA", "LoRA+", "DoRA")
 FEW = dataclasses.replace(bench.FULL, name="few", methods=RIVALS, finalists=RIVALS, long_n_train=1000, long_epochs=5)
 REGIMES = {
@@ -116,8 +120,21 @@ def settings(regime: Regime, baseline: list[dict], study: list[dict]) -> dict[st
         return {}
     (alpha, _), run = max(cells.items(), key=lambda kv: kv[1]["test"]["accuracy"])
     found = {f"base α={alpha}": ({"slow_alpha": alpha}, run)}
-    found |= {r["setting"]: (r["fields"], r) for r in study if r.get("setting") in regime.factors and r["seed"] == 0}
+    found |= {r["setting"]: (r["fields"], r) for r in study if r["seed"] == 0 and is_factor_setting(regime, r.get("setting", ""))}
     return found
+
+
+def is_factor_setting(regime: Regime, label: str) -> bool:
+    """One factor, or factors joined by ' + '."""
+    return all(part in regime.factors for part in label.split(" + "))
+
+
+def factor_spec(regime: Regime, label: str, base_fields: dict, base_lr: float, changes: list[dict]) -> dict:
+    fields, scale = dict(base_fields), 1.0
+    for change in changes:
+        fields |= {k: v for k, v in change.items() if k != "lr_scale"}
+        scale *= change.get("lr_scale", 1.0)
+    return spec(regime, label, float(f"{base_lr * scale:.3g}"), 0, fields)
 
 
 def factor_specs(regime: Regime, baseline: list[dict], study: list[dict]) -> list[dict]:
@@ -125,13 +142,38 @@ def factor_specs(regime: Regime, baseline: list[dict], study: list[dict]) -> lis
     if not tried:
         return []
     fields, base = next(iter(tried.values()))
-    return [spec(regime, label, base["lr"], 0, {**fields, **change}) for label, change in regime.factors.items()]
+    return [factor_spec(regime, label, fields, base["lr"], [change]) for label, change in regime.factors.items()]
+
+
+def combination(regime: Regime, tried: dict[str, tuple[dict, dict]]) -> list[str] | None:
+    """The two best factors that each beat the base on their own and change different fields."""
+    base_accuracy = next(iter(tried.values()))[1]["test"]["accuracy"]
+    better = sorted(((r["test"]["accuracy"], label) for label, (_, r) in tried.items() if label in regime.factors and r["test"]["accuracy"] > base_accuracy), reverse=True)
+    picks = []
+    for _, label in better:
+        if not any(set(regime.factors[label]) & set(regime.factors[p]) for p in picks):
+            picks.append(label)
+    return picks[:2] if len(picks) >= 2 else None
+
+
+def combine_specs(regime: Regime, baseline: list[dict], study: list[dict]) -> list[dict]:
+    tried = settings(regime, baseline, study)
+    if not tried or not all(label in tried for label in regime.factors):
+        return []
+    picks = combination(regime, tried)
+    if picks is None:
+        return []
+    fields, base = next(iter(tried.values()))
+    return [factor_spec(regime, " + ".join(picks), fields, base["lr"], [regime.factors[p] for p in picks])]
 
 
 def best_setting(regime: Regime, baseline: list[dict], study: list[dict]) -> tuple[str, dict, dict] | None:
-    """The best seed-0 setting once every factor has been tried: (label, fields, run)."""
+    """The best seed-0 setting once every factor (and the combination of the two best) has been tried."""
     tried = settings(regime, baseline, study)
-    if len(tried) < len(regime.factors) + 1:
+    if not tried or not all(label in tried for label in regime.factors):
+        return None
+    picks = combination(regime, tried)
+    if picks is not None and " + ".join(picks) not in tried:
         return None
     label, (fields, run) = max(tried.items(), key=lambda kv: kv[1][1]["test"]["accuracy"])
     return label, fields, run
@@ -145,7 +187,7 @@ def seed_specs(regime: Regime, baseline: list[dict], study: list[dict]) -> list[
     return [spec(regime, f"best: {label}", run["lr"], s, fields) for s in regime.protocol.extra_seeds]
 
 
-STAGES = (rival_grid_specs, heatmap_specs, factor_specs, seed_specs, rival_seed_specs)
+STAGES = (rival_grid_specs, heatmap_specs, factor_specs, combine_specs, seed_specs, rival_seed_specs)
 
 
 def sweep(regime: Regime, results_dir: Path) -> None:

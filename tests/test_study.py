@@ -22,10 +22,11 @@ def study():
 
 
 def accuracy_of(spec):
-    """LoRASC likes α = 0.8 (then 1.0), the second LR and orthogonal experts; seeds move it a little."""
+    """LoRASC likes α = 0.8 (then 1.0), the second LR, orthogonal experts and kept optimizer state; seeds move it a little."""
     fields = spec["lorasc"]
     score = 0.6 + 0.05 * (fields.get("slow_alpha") == 0.8) + 0.03 * (fields.get("slow_alpha") == 1.0) + 0.01 * (spec["lr"] == 0.0006)
-    return score + 0.04 * (fields.get("expert_init") == "orthogonal") + 0.002 * spec["seed"]
+    score += 0.04 * (fields.get("expert_init") == "orthogonal") + 0.01 * (fields.get("optimizer_state") == "keep")
+    return score + 0.002 * spec["seed"]
 
 
 SPECS = {}  # key -> the spec it ran, to check what the planner asked for
@@ -56,16 +57,18 @@ def test_stages_find_the_best_setting_and_report_it(study, tmp_path, monkeypatch
     heatmap = [r for r in runs if r["setting"].startswith("α=")]
     assert len(heatmap) == 2 * len(protocol.grids["wide"])  # α = 0.5 came from the benchmark
     factors = [r for r in runs if r["setting"] in study.FACTORS]
-    assert len(factors) == len(study.FACTORS) and {r["lr"] for r in factors} == {0.0006}
+    assert len(factors) == len(study.FACTORS) and {r["lr"] for r in factors} == {0.0006, 0.00018, 0.00006}  # LoRA+ also ÷3, ÷10
     assert all(r["fields"]["slow_alpha"] == 0.8 for r in factors)  # from the best heatmap cell
     seeds = [r for r in runs if r["setting"].startswith("best")]
-    assert {r["setting"] for r in seeds} == {"best: init=orthogonal"} and sorted(r["seed"] for r in seeds) == list(protocol.extra_seeds)
+    combined = [r for r in runs if r["setting"] == "init=orthogonal + state=keep"]  # the two factors that beat the base
+    assert len(combined) == 1 and combined[0]["fields"] == {"slow_alpha": 0.8, "expert_init": "orthogonal", "optimizer_state": "keep"}
+    assert {r["setting"] for r in seeds} == {"best: init=orthogonal + state=keep"} and sorted(r["seed"] for r in seeds) == list(protocol.extra_seeds)
 
     summary = json.loads((tmp_path / "study_full.json").read_text())
-    assert summary["best"]["label"] == "init=orthogonal"
+    assert summary["best"]["label"] == "init=orthogonal + state=keep"
     assert summary["verdict"]["test"]["verdict"] == "LoRASC better"
     assert summary["gradient_init_cost"]["relative_to_cycle_training"] == pytest.approx(0.2)
-    assert summary["fresh_seeds"]["LoRASC"]["test"] == pytest.approx(0.6 + 0.05 + 0.01 + 0.04 + 0.003)  # seeds 1 and 2 only
+    assert summary["fresh_seeds"]["LoRASC"]["test"] == pytest.approx(0.6 + 0.05 + 0.01 + 0.04 + 0.01 + 0.003)  # seeds 1 and 2 only
     report = (tmp_path / "study.md").read_text()
     assert "init=orthogonal" in report and "LoRASC better" in report and (tmp_path / "study_full_heatmap.png").is_file()
 
@@ -80,7 +83,8 @@ def test_the_few_shot_regime_searches_the_rivals_lr_too(study, tmp_path, monkeyp
     seeds = [r for r in runs if r["group"] == "seeds"]
     assert {(r["method"], r["lr"]) for r in seeds} == {(m, 0.002) for m in study.RIVALS} and len(seeds) == 6  # each at its best LR
     factors = [r for r in runs if r.get("setting") in study.FEW_FACTORS]
-    assert len(factors) == len(study.FEW_FACTORS) and all(r["fields"]["slow_alpha"] == 1.0 and r["lr"] == 0.0006 for r in factors)
+    assert len(factors) == len(study.FEW_FACTORS) and all(r["fields"]["slow_alpha"] == 1.0 for r in factors)
+    assert {r["lr"] for r in factors} == {0.0006, 0.00018, 0.00006}
     summary = json.loads((tmp_path / "study_few.json").read_text())
     assert set(summary["rivals"]) == set(study.RIVALS) and summary["verdict"]["test"]["rival"] in study.RIVALS
     assert "Regime (b)" in (tmp_path / "study.md").read_text()
