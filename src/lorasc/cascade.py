@@ -197,10 +197,8 @@ class LoRASC:
         for p in self.expert_params:
             if mode == "reset":
                 optimizer.state.pop(p, None)
-            elif mode == "prune":
-                for moment in ("exp_avg", "exp_avg_sq"):
-                    if moment in optimizer.state.get(p, {}):
-                        prune_smallest(optimizer.state[p][moment], self.config.prune_ratio)
+            elif mode == "prune" and "exp_avg_sq" in optimizer.state.get(p, {}):
+                prune_smallest(optimizer.state[p], self.config.prune_ratio)
 
     # ---- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -285,9 +283,13 @@ class LoRASC:
         return factors
 
 
-def prune_smallest(moment: torch.Tensor, ratio: float) -> None:
-    """Zero the `ratio` share of entries with the smallest magnitude, in place."""
-    k = int(ratio * moment.numel())
+def prune_smallest(state: dict, ratio: float) -> None:
+    """Zero Adam's two moments, in place, at the `ratio` share of entries with the smallest second
+    moment. One mask for both: pruning each by its own magnitude (as ReLoRA does) leaves entries with
+    a first moment but no second, whose step m/(√v + ε) then explodes."""
+    second = state["exp_avg_sq"]
+    k = int(ratio * second.numel())
     if k > 0:
-        threshold = moment.abs().flatten().kthvalue(k).values
-        moment[moment.abs() <= threshold] = 0
+        pruned = second <= second.flatten().kthvalue(k).values
+        state["exp_avg"][pruned] = 0
+        second[pruned] = 0
