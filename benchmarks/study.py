@@ -49,6 +49,7 @@ class Regime:
     alphas: tuple[float, ...]
     factors: dict[str, dict]  # label -> LoRASCConfig fields changed from the best heatmap cell
     rivals_from_benchmark: bool  # the rivals' runs and LoRASC's α = 0.5 row are results/<protocol>.jsonl
+    lrs: tuple[float, ...] | None = None  # LoRASC's LR grid; None: the protocol's wide grid, like LoRA's
 
 
 FACTORS = {
@@ -64,12 +65,15 @@ FACTORS = {
     "LoRA+ ×16, LR ÷3": {"loraplus_lr_ratio": 16.0, "lr_scale": 0.3},  # LoRA+'s own best LR sits 3–10× lower than LoRA's
     "LoRA+ ×16, LR ÷10": {"loraplus_lr_ratio": 16.0, "lr_scale": 0.1},
 }
-FEW_FACTORS = {label: FACTORS[label] for label in ("λ=0", "2 cycles", "init=gradient", "state=keep", "LoRA+ ×16, LR ÷3", "LoRA+ ×16, LR ÷10")}
+# Regime (b) runs cost 2 min each: the factors that mattered or nearly did in regime (a), and 3-point LR grids
+# (10×) placed where regime (a) found each method's best: the cascades' one step higher than LoRA's.
+FEW_FACTORS = {label: FACTORS[label] for label in ("λ=0", "2 cycles", "state=prune", "LoRA+ ×16, LR ÷3")}
 RIVALS = ("LoRA", "LoRA+", "DoRA")
-FEW = dataclasses.replace(bench.FULL, name="few", methods=RIVALS, finalists=RIVALS, long_n_train=1000, long_epochs=5)
+FEW = dataclasses.replace(bench.FULL, name="few", methods=RIVALS, finalists=RIVALS, long_n_train=1000, long_epochs=5,
+                          grids={"wide": (2e-4, 6e-4, 2e-3), "fast": (6e-5, 2e-4, 6e-4)})
 REGIMES = {
     "a": Regime(bench.FULL, "regime (a): the full training pool, one epoch", False, (0.5, 0.8, 1.0), FACTORS, True),
-    "b": Regime(FEW, "regime (b): 1,000 examples, 5 epochs", True, (0.5, 1.0), FEW_FACTORS, False),
+    "b": Regime(FEW, "regime (b): 1,000 examples, 5 epochs", True, (0.5, 1.0), FEW_FACTORS, False, (6e-4, 2e-3, 6e-3)),
 }
 QUICK_FEW = dataclasses.replace(bench.QUICK, name="quick_few", methods=RIVALS, grids={"wide": (1e-3,), "fast": (1e-3,)}, finalists=("LoRA",), extra_seeds=(1,))
 QUICK = {"a": Regime(bench.QUICK, "quick", False, (0.5, 1.0), {"λ=0": {"noise_lambda": 0.0}}, True),
@@ -101,7 +105,11 @@ def rival_seed_specs(regime: Regime, baseline: list[dict], study: list[dict]) ->
 
 def heatmap_specs(regime: Regime, baseline: list[dict], study: list[dict]) -> list[dict]:
     alphas = [a for a in regime.alphas if not (regime.rivals_from_benchmark and a == bench.LORASC["slow_alpha"])]
-    return [spec(regime, f"α={a}", lr, 0, {"slow_alpha": a}) for a in alphas for lr in regime.protocol.grids["wide"]]
+    return [spec(regime, f"α={a}", lr, 0, {"slow_alpha": a}) for a in alphas for lr in lorasc_lrs(regime)]
+
+
+def lorasc_lrs(regime: Regime) -> tuple[float, ...]:
+    return regime.lrs or regime.protocol.grids["wide"]
 
 
 def heatmap(regime: Regime, baseline: list[dict], study: list[dict]) -> dict[tuple[float, float], dict]:
@@ -116,7 +124,7 @@ def heatmap(regime: Regime, baseline: list[dict], study: list[dict]) -> dict[tup
 def settings(regime: Regime, baseline: list[dict], study: list[dict]) -> dict[str, tuple[dict, dict]]:
     """Every seed-0 setting tried once the heatmap is complete: label -> (fields, run), the base first."""
     cells = heatmap(regime, baseline, study)
-    if len(cells) < len(regime.alphas) * len(regime.protocol.grids["wide"]):
+    if len(cells) < len(regime.alphas) * len(lorasc_lrs(regime)):
         return {}
     (alpha, _), run = max(cells.items(), key=lambda kv: kv[1]["test"]["accuracy"])
     found = {f"base α={alpha}": ({"slow_alpha": alpha}, run)}
