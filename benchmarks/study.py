@@ -67,7 +67,7 @@ FACTORS = {
 }
 # Regime (b) runs cost 2 min each: the factors that mattered or nearly did in regime (a), and 3-point LR grids
 # (10×) placed where regime (a) found each method's best: the cascades' one step higher than LoRA's.
-FEW_FACTORS = {label: FACTORS[label] for label in ("λ=0", "2 cycles", "state=prune", "LoRA+ ×16, LR ÷3")}
+FEW_FACTORS = {label: FACTORS[label] for label in ("λ=0", "state=prune", "LoRA+ ×16, LR ÷3")}
 RIVALS = ("LoRA", "LoRA+", "DoRA")
 FEW = dataclasses.replace(bench.FULL, name="few", methods=RIVALS, finalists=RIVALS, long_n_train=1000, long_epochs=5,
                           grids={"wide": (2e-4, 6e-4, 2e-3), "fast": (6e-5, 2e-4, 6e-4)})
@@ -210,6 +210,7 @@ def sweep(regime: Regime, results_dir: Path) -> None:
             if not todo:
                 break
             attempted.add(todo[0]["key"])
+            todo[0]["run"]["eval_every"] = 0  # the study reads the final metrics only: no per-epoch evaluations
             print(f"{regime.protocol.name}: {todo[0]['key']} ...", flush=True)
             result = {**bench.run_subprocess(todo[0]), **{k: todo[0][k] for k in ("setting", "fields") if k in todo[0]}}
             print(f"    {bench.summary_line(result)}", flush=True)
