@@ -35,7 +35,7 @@ class LoRASCConfig:
     or `num_cycles` (the run split into T equal cycles) is set; at most one of the two.
     """
 
-    slow_alpha: float = 0.5
+    slow_alpha: float = 1.0  # the settings study's choice (BENCHMARKS.md); METHOD.md's provisional 0.5 lost fit
     noise_lambda: float = 0.15
     noise_kind: str = "uniform"
     noise_targets: str = "adapted"
