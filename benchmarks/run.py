@@ -424,10 +424,11 @@ def paired_diffs(a: dict, b: dict, key: str) -> list[float]:
 
 
 def headline(main: dict, split: str, lorasc: str = "LoRASC") -> dict | None:
-    """The `lorasc` row against the best of LoRA / LoRA+ / DoRA (by mean accuracy): a win or a loss only
-    when the difference of means exceeds the larger seed standard deviation of the two."""
+    """The `lorasc` row against the best of LoRA / LoRA+ / DoRA (by mean accuracy, among those run over
+    several seeds): a win or a loss only when the difference of means exceeds the larger seed std of the two."""
     key = f"{split}_accuracy"
     baselines = [m for m in BASELINES if m in main]
+    baselines = [m for m in baselines if main[m][key]["std"] is not None] or baselines  # a one-seed mean is no rival's best
     if lorasc not in main or not baselines:
         return None
     rival = max(baselines, key=lambda m: main[m][key]["mean"])
