@@ -56,6 +56,8 @@ def test_headline_needs_more_than_the_seed_spread(bench):
     assert h["rival"] == "LoRA" and h["verdict"] == "a tie within the seed spread"
     main["LoRASC"] = row([0.75, 0.76, 0.77])
     assert bench.headline(main, "test")["verdict"] == "LoRASC better"
+    main["LoRA+"] = row([0.90])  # one lucky seed is not a rival's best: the seeded rivals are compared
+    assert bench.headline(main, "test")["rival"] == "LoRA"
 
 
 @pytest.mark.slow
