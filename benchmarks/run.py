@@ -535,7 +535,7 @@ def write_report(protocol: Protocol, results_dir: Path, markdown: Path) -> dict:
     if protocol is FULL and (results_dir / "bbc.jsonl").is_file():
         second = summarize(BBC, read_results(results_dir / "bbc.jsonl"))
         (results_dir / "bbc.json").write_text(json.dumps(second, indent=2))
-        text += "\n" + second_task_section(second)
+        text += "\n" + second_task_section(second) + "\n\n"
     if protocol is FULL and (results_dir / "study.md").is_file():
         text += "\n" + inlined(results_dir / "study.md", markdown.parent)
     markdown.write_text(text)
