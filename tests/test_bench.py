@@ -31,7 +31,8 @@ def test_plans_follow_the_grid(bench):
     full = bench.FULL
     plan = bench.plan_grid(full, [])
     borrowed = [m for m, method in bench.METHODS.items() if not isinstance(method.lrs, str)]
-    assert {s["method"] for s in plan} == set(bench.METHODS) - set(borrowed)  # borrowed LRs are not known yet
+    assert {s["method"] for s in plan} == set(full.methods) - set(borrowed)  # borrowed LRs are not known yet
+    assert "LoRASC tuned" not in full.methods  # the study's setting: measured by the study and the second task
     assert sorted(s["lr"] for s in plan if s["method"] == "LoRASC") == list(full.grids["wide"])
     assert all(round(max(g) / min(g)) >= 30 and len(g) >= 4 for g in full.grids.values())  # every grid: 4 LRs over 30×
     assert all(s["run"]["n_train"] == full.steps * bench.BATCH for s in plan)
