@@ -222,27 +222,33 @@ def read_results(path: Path) -> list[dict]:
 
 
 def sweep(protocol: Protocol, groups: list[str], results_dir: Path) -> None:
-    """Run every planned spec not yet in the results, one subprocess at a time. Plans are recomputed
-    after each run, since later runs depend on earlier ones (best LRs)."""
+    """Run every planned spec of `groups` not yet in the results."""
     path = results_dir / f"{protocol.name}.jsonl"
-    attempted: set[str] = set()
     for group in groups:
-        while True:
-            results = read_results(path)
-            finished = done(results)
-            todo = [s for s in PLANS[group](protocol, results) if s["key"] not in finished and s["key"] not in attempted]
-            if not todo:
-                break
-            spec = todo[0]
-            attempted.add(spec["key"])
-            print(f"[{time.strftime('%H:%M:%S')}] {spec['key']} ...", flush=True)
-            start = time.perf_counter()
-            result = {**run_subprocess(spec), "wall_seconds": time.perf_counter() - start}
-            print(f"    {summary_line(result)}", flush=True)
-            with open(path, "a") as f:
-                f.write(json.dumps(result) + "\n")
+        run_missing(path, lambda results: PLANS[group](protocol, results))
         if not PLANS[group](protocol, read_results(path)):
             print(f"group {group}: nothing planned (none in this protocol, or the grid's best LRs are missing)", flush=True)
+
+
+def run_missing(path: Path, plan) -> None:
+    """Run each spec `plan(results)` asks for that has no result in `path` yet, one subprocess at a time,
+    appending each result as it finishes. The plan is recomputed after each run, since later runs depend
+    on earlier ones (best LRs); a spec that fails is not retried within this call."""
+    attempted: set[str] = set()
+    while True:
+        results = read_results(path)
+        finished = done(results)
+        todo = [s for s in plan(results) if s["key"] not in finished and s["key"] not in attempted]
+        if not todo:
+            return
+        spec = todo[0]
+        attempted.add(spec["key"])
+        print(f"[{time.strftime('%H:%M:%S')}] {spec['key']} ...", flush=True)
+        start = time.perf_counter()
+        result = {**run_subprocess(spec), "wall_seconds": time.perf_counter() - start}
+        print(f"    {summary_line(result)}", flush=True)
+        with open(path, "a") as f:
+            f.write(json.dumps(result) + "\n")
 
 
 def last_line(text: str) -> str:
@@ -259,7 +265,7 @@ def summary_line(result: dict) -> str:
 
 
 def run_subprocess(spec: dict) -> dict:
-    header = {k: spec[k] for k in ("key", "kind", "group", "method", "lr", "seed")}
+    header = {k: spec[k] for k in ("key", "kind", "group", "method", "lr", "seed", "setting", "fields") if k in spec}  # what names the run
     with tempfile.TemporaryDirectory() as tmp:
         spec_path, out_path = Path(tmp, "spec.json"), Path(tmp, "result.json")
         spec_path.write_text(json.dumps(spec))
@@ -383,10 +389,13 @@ def main_table(protocol: Protocol, runs: list[dict], best: dict) -> dict:
         table[method] = {"lr": best[method], "seeds": [r["seed"] for r in at_best],
                          "gap": stats([r["train"]["accuracy"] - r["test"]["accuracy"] for r in at_best]),
                          "effective_rank": at_best[0].get("delta_effective_rank")}
-        for split in ("test", "ood"):
-            for metric in ("accuracy", "macro_f1"):
-                table[method][f"{split}_{metric}"] = stats([r[split][metric] for r in at_best])
+        table[method] |= split_stats(at_best)
     return table
+
+
+def split_stats(runs: list[dict]) -> dict:
+    """Mean ± std over `runs` of accuracy and macro-F1, in and out of distribution."""
+    return {f"{split}_{metric}": stats([r[split][metric] for r in runs]) for split in ("test", "ood") for metric in ("accuracy", "macro_f1")}
 
 
 def stability(runs: list[dict]) -> dict:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import statistics
 import sys
 from dataclasses import dataclass
@@ -168,9 +167,13 @@ def combination(regime: Regime, tried: dict[str, tuple[dict, dict]]) -> list[str
     return picks[:2] if len(picks) >= 2 else None
 
 
+def every_factor_tried(regime: Regime, tried: dict[str, tuple[dict, dict]]) -> bool:
+    return bool(tried) and all(label in tried for label in regime.factors)
+
+
 def combine_specs(regime: Regime, baseline: list[dict], study: list[dict]) -> list[dict]:
     tried = settings(regime, baseline, study)
-    if not tried or not all(label in tried for label in regime.factors):
+    if not every_factor_tried(regime, tried):
         return []
     picks = combination(regime, tried)
     if picks is None:
@@ -182,7 +185,7 @@ def combine_specs(regime: Regime, baseline: list[dict], study: list[dict]) -> li
 def best_setting(regime: Regime, baseline: list[dict], study: list[dict]) -> tuple[str, dict, dict] | None:
     """The best seed-0 setting once every factor (and the combination of the two best) has been tried."""
     tried = settings(regime, baseline, study)
-    if not tried or not all(label in tried for label in regime.factors):
+    if not every_factor_tried(regime, tried):
         return None
     picks = combination(regime, tried)
     if picks is not None and " + ".join(picks) not in tried:
@@ -203,30 +206,19 @@ STAGES = (rival_grid_specs, heatmap_specs, factor_specs, combine_specs, seed_spe
 
 
 def sweep(regime: Regime, results_dir: Path) -> None:
-    """Run every planned spec not yet in the results, one subprocess at a time, stage after stage."""
+    """Run every planned spec not yet in the results, stage after stage."""
     baseline = bench.read_results(results_dir / f"{regime.protocol.name}.jsonl")
-    path = results_dir / f"study_{regime.protocol.name}.jsonl"
-    attempted: set[str] = set()
     for stage in STAGES:
-        while True:
-            study = list(bench.done(bench.read_results(path)).values())
-            todo = [s for s in stage(regime, baseline, study) if s["key"] not in {r["key"] for r in study} | attempted]
-            if not todo:
-                break
-            attempted.add(todo[0]["key"])
-            todo[0]["run"]["eval_every"] = 0  # the study reads the final metrics only: no per-epoch evaluations
-            print(f"{regime.protocol.name}: {todo[0]['key']} ...", flush=True)
-            result = {**bench.run_subprocess(todo[0]), **{k: todo[0][k] for k in ("setting", "fields") if k in todo[0]}}
-            print(f"    {bench.summary_line(result)}", flush=True)
-            with open(path, "a") as f:
-                f.write(json.dumps(result) + "\n")
+        bench.run_missing(results_dir / f"study_{regime.protocol.name}.jsonl",
+                          lambda results: [final_eval_only(s) for s in stage(regime, baseline, list(bench.done(results).values()))])
+
+
+def final_eval_only(spec: dict) -> dict:
+    spec["run"]["eval_every"] = 0  # the study reads the final metrics only: no per-epoch evaluations
+    return spec
 
 
 # ---- report ---------------------------------------------------------------------------------------
-def split_stats(runs: list[dict]) -> dict:
-    return {f"{split}_{metric}": bench.stats([r[split][metric] for r in runs]) for split in ("test", "ood") for metric in ("accuracy", "macro_f1")}
-
-
 def summarize(regime: Regime, baseline: list[dict], study: list[dict]) -> dict:
     p, source = regime.protocol, rival_source(regime, baseline, study)
     cells = heatmap(regime, baseline, study)
@@ -236,7 +228,8 @@ def summarize(regime: Regime, baseline: list[dict], study: list[dict]) -> dict:
         "heatmap": [{"alpha": a, "lr": lr, "test_accuracy": r["test"]["accuracy"], "ood_accuracy": r["ood"]["accuracy"]} for (a, lr), r in sorted(cells.items())],
         "rival_grids": rival_grids,
         "settings": {label: {"lr": r["lr"], "fields": f, "test": r["test"], "ood": r["ood"], "seconds_per_step": r["seconds_per_step"],
-                             "effective_rank": r.get("delta_effective_rank")} for label, (f, r) in settings(regime, baseline, study).items()},
+                             "steps_per_cycle": r["steps"] / r["cycles"], "effective_rank": r.get("delta_effective_rank")}
+                     for label, (f, r) in settings(regime, baseline, study).items()},
     }
     best = best_setting(regime, baseline, study)
     train_runs = [r for r in bench.done(source).values() if r["kind"] == "train"]
@@ -245,7 +238,7 @@ def summarize(regime: Regime, baseline: list[dict], study: list[dict]) -> dict:
     if best is not None:
         label, fields, run = best
         seeds = [run] + [r for r in study if r.get("setting") == f"best: {label}"]
-        ours = {"lr": run["lr"], "seeds": [r["seed"] for r in seeds], **split_stats(seeds)}
+        ours = {"lr": run["lr"], "seeds": [r["seed"] for r in seeds], **bench.split_stats(seeds)}
         summary["best"] = {"label": label, "fields": fields, **ours}
         summary["verdict"] = {split: bench.headline({**rivals, "LoRASC": ours}, split) for split in ("test", "ood")}
     summary["rivals"] = rivals
@@ -254,11 +247,10 @@ def summarize(regime: Regime, baseline: list[dict], study: list[dict]) -> dict:
     if "init=gradient" in factors and len(factors) > 1:
         # against the other factor runs of the same sweep (the base cell may come from another sweep)
         others = statistics.median(s["seconds_per_step"] for label, s in factors.items() if label != "init=gradient")
-        cycles = p.long_epochs if regime.long else p.num_cycles
-        steps = math.ceil(p.long_n_train / bench.BATCH) * p.long_epochs if regime.long else p.steps
+        gradient = factors["init=gradient"]
         summary["gradient_init_cost"] = {
-            "extra_seconds_per_cycle": (factors["init=gradient"]["seconds_per_step"] - others) * steps / cycles,
-            "relative_to_cycle_training": factors["init=gradient"]["seconds_per_step"] / others - 1,
+            "extra_seconds_per_cycle": (gradient["seconds_per_step"] - others) * gradient["steps_per_cycle"],
+            "relative_to_cycle_training": gradient["seconds_per_step"] / others - 1,
         }
     return summary
 

@@ -40,8 +40,8 @@ def fake_run(spec):
     SPECS[spec["key"]] = spec
     rival = 0.62 + 0.01 * (spec["lr"] == 0.002)
     metrics = {"accuracy": accuracy_of(spec) if spec["method"] == "LoRASC" else rival, "macro_f1": 0.5, "loss": 1.0}
-    return {**{k: spec[k] for k in ("key", "kind", "group", "method", "lr", "seed")}, "test": metrics, "ood": metrics, "train": metrics,
-            "seconds_per_step": 0.6 if spec["lorasc"].get("expert_init") == "gradient" else 0.5, "delta_effective_rank": 5.0,
+    return {**{k: spec[k] for k in ("key", "kind", "group", "method", "lr", "seed", "setting", "fields") if k in spec}, "test": metrics, "ood": metrics, "train": metrics,
+            "seconds_per_step": 0.6 if spec["lorasc"].get("expert_init") == "gradient" else 0.5, "delta_effective_rank": 5.0, "steps": 160, "cycles": 4,
             "peak_rss_mb": 1.0, "trainable_params": 1, "log": []}
 
 
