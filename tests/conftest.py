@@ -80,3 +80,33 @@ class TinyClassifier(TinyNet):
         logits = super().forward(x)
         loss = None if labels is None else torch.nn.functional.cross_entropy(logits, labels)
         return SimpleNamespace(logits=logits, loss=loss)
+
+
+def tiny_llama(dtype=torch.float32, seed=0, tie_word_embeddings=False):
+    """A random Llama-architecture causal LM small enough for exactness tests in any dtype."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=tie_word_embeddings)
+    return LlamaForCausalLM(config).to(dtype)
+
+
+def token_batches(n, batch=4, length=16, vocab=96, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(0, vocab, (batch, length), generator=gen)
+        out.append({"input_ids": ids, "labels": ids})
+    return out
+
+
+def train_cascade(cascade, optimizer, batches, before_step=lambda: None):
+    """The plain loop: forward, backward, optimizer step, cascade step; `before_step` runs before each
+    cascade step (e.g. to record the expert that a boundary is about to merge)."""
+    for batch in batches:
+        cascade.model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        before_step()
+        cascade.step(optimizer)

@@ -55,7 +55,7 @@ def test_gradient_init_merges_the_learned_change_only(tiny_batches):
     cascade = make(tiny_batches, "gradient", slow_alpha=alpha, noise_lambda=0.15)
     clean = backbone(cascade)
     cascade.start_cycle()
-    initial = {n: (a.clone(), b.clone()) for n, (a, b) in cascade.initial.items()}
+    initial = {n: (a.clone(), b.clone()) for n, (a, b) in cascade.init.initial.items()}
     with torch.no_grad():
         for p in cascade.expert_params:
             p.add_(0.1 * torch.randn_like(p))
@@ -85,7 +85,7 @@ def test_orthogonal_experts_add_new_directions(tiny_batches):
     cascade.begin(total_steps=6)
     optimizer = cascade.optimizer(lr=1e-2)
     train_steps(cascade, optimizer, tiny_batches[:2])  # cycle 1 ends, cycle 2 starts
-    first = cascade.history[0]["base_model.model.q"][0]
+    first = cascade.slow.history[0]["base_model.model.q"][0]
     second = cascade.layers["base_model.model.q"].lora_A["default"].weight.detach()
     overlap = (second @ torch.linalg.qr(first.T).Q).norm() / second.norm()
     assert overlap < 1e-5

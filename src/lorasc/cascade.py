@@ -1,15 +1,16 @@
 """The LoRASC engine: a chain of fresh LoRA experts on a noisy frozen backbone, merged with a slow step.
 
-Per adapted matrix W (METHOD.md), each cycle t:
+Per adapted matrix W (METHOD.md), with W0 its pristine value and S the slow state (slow.py), each cycle t:
 
-    W ← W + ε_t                       noise, seeded per matrix and cycle      (start_cycle)
+    W ← round(W0 + S + ε_t)            noise, seeded per matrix and cycle      (start_cycle)
     A_t ← fresh (seeded), B_t ← 0      fresh expert, fresh optimizer state     (start_cycle)
     train (A_t, B_t)                   the caller's loop or transformers' Trainer
-    W ← W − ε_t                        exact removal                           (end_cycle)
-    W ← W + α·(Merge(W, expert_t) − W) slow-fast update, then B_t ← 0          (end_cycle)
+    S ← S + α·(Merge(W, expert_t) − W) slow-fast update on the clean W, exact   (end_cycle)
+    W ← round(W0 + S), B_t ← 0          the clean backbone: no trace of ε_t     (end_cycle)
 
-Merge is PEFT's: W + s·B·A for LoRA and rsLoRA, (m / ‖W + s·B·A‖_c)·(W + s·B·A) for DoRA.
-How a fresh expert starts (PEFT's reset, orthogonal, LoRA-GA) is in init.py.
+Merge is PEFT's: W + s·B·A for LoRA and rsLoRA, (m / ‖W + s·B·A‖_c)·(W + s·B·A) for DoRA. Each
+option has its own strategy object: the slow state per expert type (slow.py), how a fresh expert
+starts (init.py), the head's slow step (slow.py); the backbone rewrites (backbone.py).
 Usage in a plain loop:
 
     cascade = LoRASC(model, LoRASCConfig(num_cycles=4))
@@ -19,12 +20,12 @@ Usage in a plain loop:
     for batch in loader:
         cascade.model(**batch).loss.backward()
         optimizer.step(); scheduler.step(); optimizer.zero_grad()
-        cascade.step(optimizer)          # at a cycle boundary: remove noise, merge, next expert
+        cascade.step(optimizer)          # at a cycle boundary: merge, clean backbone, next expert
 """
 
 from __future__ import annotations
 
-import math
+import contextlib
 
 import torch
 from peft import PeftModel, get_peft_model
@@ -34,23 +35,13 @@ from peft.tuners.lora import LoraLayer
 from peft.utils.other import transpose
 from torch.optim import Optimizer
 
-from . import init
+from .backbone import Backbone
 from .config import LoRASCConfig
 from .distributed import assert_replicas_identical
-from .noise import BackboneNoise, matrix_seed
+from .init import INIT_STRATEGIES, BatchSource
+from .noise import matrix_seed
 from .schedule import cycle_ends, jagged_scheduler
-
-
-def merged_weight(layer: LoraLinear, adapter: str) -> torch.Tensor:
-    """Merge(W, expert): the weight PEFT's `merge` would write, computed without touching the layer."""
-    weight = layer.get_base_layer().weight
-    delta = layer.get_delta_weight(adapter)
-    if not layer.use_dora.get(adapter, False):
-        return weight + delta
-    dora = layer.lora_magnitude_vector[adapter]
-    norm = dora.get_weight_norm(weight, transpose(delta, layer.fan_in_fan_out), scaling=1)
-    factor = transpose((dora.weight / norm).view(-1, 1), layer.fan_in_fan_out)
-    return factor * (weight + delta)
+from .slow import KeepHead, SlowHead, slow_state_for
 
 
 def wrap_model(model: torch.nn.Module, config: LoRASCConfig, adapter: str) -> PeftModel:
@@ -68,7 +59,7 @@ def wrap_model(model: torch.nn.Module, config: LoRASCConfig, adapter: str) -> Pe
 
 
 class LoRASC:
-    """Drives the cascade on a PEFT LoRA model. Holds no copy of the backbone."""
+    """Drives the cascade on a PEFT LoRA model. Keeps the pristine weights it rewrites on the host."""
 
     def __init__(
         self,
@@ -76,13 +67,12 @@ class LoRASC:
         config: LoRASCConfig,
         adapter: str = "default",
         check_replicas: bool = False,
-        grad_batches: init.BatchSource | None = None,
+        grad_batches: BatchSource | None = None,
     ):
         """`grad_batches()` returns the batches (dicts for `model(**batch)`) that `expert_init="gradient"`
         estimates each cycle's gradient on; `check_replicas` verifies DDP replicas after every merge."""
-        if config.expert_init == "gradient" and grad_batches is None:
-            raise ValueError("expert_init='gradient' is not allowed without grad_batches: pass a function returning a few training batches")
-        self.config, self.adapter, self.check_replicas, self.grad_batches = config, adapter, check_replicas, grad_batches
+        self.init = INIT_STRATEGIES[config.expert_init](grad_batches)
+        self.config, self.adapter, self.check_replicas = config, adapter, check_replicas
         self.model = wrap_model(model, config, adapter)
         self.layers = {
             name: m for name, m in self.model.named_modules() if isinstance(m, LoraLayer) and adapter in m.lora_A
@@ -95,15 +85,13 @@ class LoRASC:
         self.expert_params = [p for m in self.layers.values() for p in self._expert_tensors(m)]
         expert_ids = {id(p) for p in self.expert_params}
         self.head_params = {n: p for n, p in self.model.named_parameters() if p.requires_grad and id(p) not in expert_ids}
-        self.noise = BackboneNoise(self._noise_targets(), config.noise_lambda, config.noise_kind, config.seed)
+        self.backbone = Backbone(*self._backbone_targets(), config.noise_lambda, config.noise_kind, config.seed)
+        self.slow = slow_state_for(config.expert.use_dora)()
+        self.head = SlowHead(config.slow_alpha) if config.slow_head else KeepHead()
         self.cycle = 0  # index of the current (or last finished) cycle, 1-based
         self.steps = 0  # optimizer steps taken
         self.ends: list[int] = []
         self.in_cycle = False
-        self.history: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] = []  # c·A_t, c·B_t per finished cycle
-        self._head_start: dict[str, torch.Tensor] = {}
-        self.basis = init.OrthogonalBasis()
-        self.initial: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # (A0, B0) compensated in W (gradient init)
 
     # ---- the cycle -------------------------------------------------------------------------
     @torch.no_grad()
@@ -111,35 +99,36 @@ class LoRASC:
         """Noise on the backbone, a fresh seeded expert, and (by default) a fresh optimizer state."""
         if self.in_cycle:
             raise RuntimeError(f"cycle {self.cycle} is still running; call end_cycle() first")
+        self.backbone.write(self.slow, noise_cycle=self.cycle + 1)
         self.cycle += 1
-        self.noise.add(self.cycle)
-        self._init_experts(seed=matrix_seed(self.config.seed, self.cycle, "expert"))
+        with self._seeded(matrix_seed(self.config.seed, self.cycle, "expert")):
+            self.init.start(self.model, self.layers, self.adapter, self.config.expert.init_lora_weights)
+        offsets = self.init.offsets(self.layers, self.adapter)
+        if offsets:  # the init compensated its initial product in the weights: redo it exactly
+            self.backbone.write(self.slow, self.cycle, offsets)
+        self._reset_dora_magnitudes()
         if optimizer is not None:
             self.carry_optimizer_state(optimizer)
-        if self.config.slow_head:
-            self._head_start = {n: p.detach().clone() for n, p in self.head_params.items()}
+        self.head.begin(self.head_params)
         self.in_cycle = True
 
     @torch.no_grad()
     def end_cycle(self) -> None:
-        """Remove the noise exactly, apply W ← W + α·(Merge(W, expert) − W), and zero the expert."""
+        """S ← S + α·(Merge(W, expert) − W) on the clean W, then W ← round(W0 + S) (no noise), and a
+        zero expert. Atomic: if it fails, the weights and the cascade's state are as before the call."""
         if not self.in_cycle:
             raise RuntimeError("no cycle is running; call start_cycle() first")
-        self.noise.remove()
-        alpha = self.config.slow_alpha
-        for name, layer in self.layers.items():
-            weight = layer.get_base_layer().weight
-            start = self._initial_product(name)  # 0, or the LoRA-GA product compensated in W
-            weight.add_(start)
-            weight.copy_(torch.lerp(weight, merged_weight(layer, self.adapter) - start, alpha))
-        if not self.config.expert.use_dora:
-            self.history.append(self._scaled_factors())
-        if self.config.expert_init == "orthogonal":
-            self.basis.extend(self.layers, self.adapter)
-        self.initial = {}
-        for name, start in self._head_start.items():
-            self.head_params[name].lerp_(start, 1 - alpha)  # head ← start + α·(head − start)
-        self._head_start = {}
+        slow = self.slow.merged(self.layers, self.adapter, self.config.slow_alpha, self._expert_factors, self._clean_weight)
+        head = self.head.merged(self.head_params)
+        try:
+            self.backbone.write(slow)
+        except BaseException:
+            self._write_backbone()  # back to this cycle's noisy weights
+            raise
+        self.slow = slow
+        for name, value in head.items():
+            self.head_params[name].copy_(value)
+        self.init.end(self.layers, self.adapter)
         self._zero_experts()
         self.in_cycle = False
         if self.check_replicas:  # a collective under torch.distributed: every rank ends its cycles together
@@ -202,24 +191,26 @@ class LoRASC:
 
     # ---- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """The cascade's own state; the weights (noisy backbone, expert, head) are the model's."""
+        """The cascade's own state: plain values and tensors (`torch.load(weights_only=True)` reads it).
+        The expert and the head are the model's trainable parameters; the backbone is rebuilt."""
         return {
             "cycle": self.cycle,
             "steps": self.steps,
             "ends": list(self.ends),
             "in_cycle": self.in_cycle,
-            "noise": self.noise.state_dict(),
-            "history": self.history,
-            "head_start": self._head_start,
-            "basis": self.basis.bases,
-            "initial": self.initial,
+            "slow": self.slow.state_dict(),
+            "init": self.init.state_dict(),
+            "head": self.head.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the state and rebuild the backbone from W0 (with the noise if a cycle is running).
+        The cascade must wrap the same pristine model as the one that wrote `state`."""
         self.cycle, self.steps, self.ends, self.in_cycle = state["cycle"], state["steps"], list(state["ends"]), state["in_cycle"]
-        self.noise.load_state_dict(state["noise"])
-        self.history, self._head_start = state["history"], state["head_start"]
-        self.basis.bases, self.initial = state["basis"], state["initial"]
+        self.slow = type(self.slow).from_state(state["slow"])
+        self.init.load_state_dict(state["init"])
+        self.head.load_state_dict(state["head"])
+        self._write_backbone()
 
     # ---- internals ------------------------------------------------------------------------
     def _expert_tensors(self, layer: LoraLinear) -> list[torch.nn.Parameter]:
@@ -228,33 +219,41 @@ class LoRASC:
             tensors.append(layer.lora_magnitude_vector[self.adapter].weight)
         return tensors
 
-    def _noise_targets(self) -> dict[str, torch.nn.Parameter]:
-        if self.config.noise_targets == "adapted":
-            return {f"{n}.weight": m.get_base_layer().weight for n, m in sorted(self.layers.items())}
-        expert_ids = {id(p) for p in self.expert_params}
-        return {
-            n: p
-            for n, p in self.model.named_parameters()
-            if not p.requires_grad and p.is_floating_point() and id(p) not in expert_ids and p.numel() > 1
-        }
+    def _backbone_targets(self) -> tuple[dict[str, torch.nn.Parameter], dict[str, LoraLinear], dict[str, str]]:
+        """The matrices the cascade rewrites: the adapted ones, plus (noise_targets='all') every other
+        frozen matrix and vector; and which LoRA layer each adapted one belongs to."""
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        layer_of = {names[id(m.get_base_layer().weight)]: n for n, m in sorted(self.layers.items())}
+        params = {n: p for n, p in self.model.named_parameters() if n in layer_of}
+        if self.config.noise_targets == "all":
+            expert_ids = {id(p) for p in self.expert_params}
+            params.update({
+                n: p
+                for n, p in self.model.named_parameters()
+                if not p.requires_grad and p.is_floating_point() and id(p) not in expert_ids and p.numel() > 1
+            })
+        return params, self.layers, layer_of
 
-    def _init_experts(self, seed: int) -> None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            init.kaiming(self.layers, self.adapter, self.config.expert.init_lora_weights)
-            if self.config.expert_init == "orthogonal":
-                self.basis.project(self.layers, self.adapter)
-            elif self.config.expert_init == "gradient":
-                self.initial = init.gradient(self.model, self.layers, self.adapter, self.grad_batches())
-        self._reset_dora_magnitudes()
+    def _write_backbone(self) -> None:
+        """The weights the current state implies: noisy during a cycle, clean between cycles."""
+        if self.in_cycle:
+            self.backbone.write(self.slow, self.cycle, self.init.offsets(self.layers, self.adapter))
+        else:
+            self.backbone.write(self.slow)
 
-    def _initial_product(self, name: str) -> torch.Tensor | float:
-        """s·B0·A0 of a gradient-initialised expert (as PEFT compensated it), else 0."""
-        if name not in self.initial:
-            return 0.0
-        layer = self.layers[name]
-        a0, b0 = self.initial[name]
-        return transpose(b0.float() @ a0.float(), layer.fan_in_fan_out).to(layer.get_base_layer().weight.dtype) * layer.scaling[self.adapter]
+    def _clean_weight(self, layer_name: str) -> torch.Tensor:
+        return self.backbone.clean32(self.backbone.param_of[layer_name], self.slow)
+
+    def _expert_factors(self, name: str, layer: LoraLinear) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.init.factors(name, layer, self.adapter)
+
+    def _seeded(self, seed: int):
+        """Fork the CPU RNG and the RNG of every GPU the expert lives on, then seed them all."""
+        devices = sorted({p.device.index or 0 for p in self.expert_params if p.is_cuda})
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.random.fork_rng(devices=devices))
+        torch.manual_seed(seed)
+        return stack
 
     def _zero_experts(self) -> None:
         for layer in self.layers.values():
@@ -266,21 +265,9 @@ class LoRASC:
         the optimizer keeps pointing at the same Parameter."""
         for layer in self.layers.values():
             if layer.use_dora.get(self.adapter, False):
-                weight = layer.get_base_layer().weight
+                weight = layer.get_base_layer().weight.float()
                 dora = layer.lora_magnitude_vector[self.adapter]
                 dora.weight.copy_(dora.get_weight_norm(weight, torch.zeros_like(transpose(weight, layer.fan_in_fan_out)), scaling=1))
-
-    def _scaled_factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """(c·A_t, c·B_t) with c = √(α·s), so Σ_t c·B_t·c·A_t is the total merged delta."""
-        factors = {}
-        for name, layer in self.layers.items():
-            c = math.sqrt(self.config.slow_alpha * layer.scaling[self.adapter])
-            a, b = (t.weight.detach().float().cpu() for t in (layer.lora_A[self.adapter], layer.lora_B[self.adapter]))
-            if name in self.initial:  # B·A − B0·A0 = [B, −B0]·[A; A0]
-                a0, b0 = (t.float().cpu() for t in self.initial[name])
-                a, b = torch.cat([a, a0], 0), torch.cat([b, -b0], 1)
-            factors[name] = (c * a, c * b)
-        return factors
 
 
 def prune_smallest(state: dict, ratio: float) -> None:

@@ -8,10 +8,12 @@ from typing import Any
 
 from peft import LoraConfig
 
+from .init import INIT_STRATEGIES
+
 NOISE_KINDS = ("uniform", "gaussian")
 NOISE_TARGETS = ("adapted", "all")
 OPTIMIZER_STATE_MODES = ("reset", "keep", "prune")
-EXPERT_INITS = ("kaiming", "gradient", "orthogonal")
+EXPERT_INITS = tuple(INIT_STRATEGIES)
 # Inits that PEFT's `reset_lora_parameters` redraws without touching the backbone. The others
 # (PiSSA, OLoRA, LoftQ, EVA, LoRA-GA, CorDA) rewrite the base weight when applied, so re-running
 # them every cycle is not a fresh expert on the same backbone.

@@ -50,7 +50,7 @@ def tensor_checksum(tensor: torch.Tensor) -> torch.Tensor:
 def watched_tensors(cascade: LoRASC) -> dict[str, torch.Tensor]:
     """What LoRASC edits in place or trains: the adapted backbone weights, the noise targets, the
     expert weights and the head, in the model's own (rank-independent) parameter order."""
-    watched = {id(p) for p in cascade.noise.params.values()}
+    watched = {id(p) for p in cascade.backbone.params.values()}
     watched |= {id(layer.get_base_layer().weight) for layer in cascade.layers.values()}
     watched |= {id(p) for p in cascade.expert_params}
     watched |= {id(p) for p in cascade.head_params.values()}

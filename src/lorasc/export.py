@@ -38,22 +38,26 @@ def stacked_factors(cascade: LoRASC) -> dict[str, tuple[torch.Tensor, torch.Tens
     """A_cat = [c·A_1; …; c·A_T], B_cat = [c·B_1 … c·B_T] per layer, so B_cat·A_cat = Σ_t α·s·B_t·A_t."""
     if cascade.config.expert.use_dora:
         raise ValueError("expert.use_dora=True has no exact stacked adapter: a DoRA merge is full-rank; export the dense model or a compressed adapter")
-    if not cascade.history:
+    history = cascade.slow.history
+    if not history:
         raise RuntimeError("no cycle has finished yet: nothing to export")
     return {
-        name: (torch.cat([h[name][0] for h in cascade.history], 0), torch.cat([h[name][1] for h in cascade.history], 1))
+        name: (torch.cat([h[name][0] for h in history], 0), torch.cat([h[name][1] for h in history], 1))
         for name in cascade.layers
     }
 
 
-def total_deltas(cascade: LoRASC, base_model: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
-    """W − W0 per adapted layer, in LoRA orientation (out × in). DoRA needs the original `base_model`."""
+def total_deltas(cascade: LoRASC) -> dict[str, torch.Tensor]:
+    """W − W0 per adapted layer in float32, in LoRA orientation (out × in): the exact slow state S."""
     _require_finished(cascade)
     if not cascade.config.expert.use_dora:
         return {name: b @ a for name, (a, b) in stacked_factors(cascade).items()}
-    if base_model is None:
-        raise ValueError("base_model=None is not allowed for a DoRA cascade: pass the original model to measure W − W0")
-    return weight_deltas(cascade.layers, base_model)
+    deltas = {}
+    for name, layer in cascade.layers.items():
+        param = cascade.backbone.param_of[name]
+        delta = (cascade.backbone.clean32(param, cascade.slow) - cascade.backbone.pristine32(param)).cpu()
+        deltas[name] = delta.T if layer.fan_in_fan_out else delta
+    return deltas
 
 
 def weight_deltas(layers: dict[str, LoraLayer], base_model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -74,9 +78,9 @@ def effective_rank(singular_values: torch.Tensor) -> float:
     return math.exp(-(p * p.log()).sum().item())
 
 
-def delta_ranks(cascade: LoRASC, base_model: torch.nn.Module | None = None) -> dict[str, float]:
+def delta_ranks(cascade: LoRASC) -> dict[str, float]:
     """Effective rank of the total delta of each adapted layer."""
-    return {name: effective_rank(torch.linalg.svdvals(d)) for name, d in total_deltas(cascade, base_model).items()}
+    return {name: effective_rank(torch.linalg.svdvals(d)) for name, d in total_deltas(cascade).items()}
 
 
 def write_adapter(out_dir: str | Path, factors: dict, rank: int, template: LoraConfig, extra_state: dict) -> Path:
@@ -141,12 +145,12 @@ def write_compression_report(out_dir: str | Path, rank: int, errors: dict[str, f
     Path(out_dir, "compression.json").write_text(json.dumps({"rank": rank, "relative_error": errors}, indent=2))
 
 
-def export_compressed(cascade: LoRASC, out_dir: str | Path, rank: int, base_model: torch.nn.Module | None = None) -> dict[str, float]:
+def export_compressed(cascade: LoRASC, out_dir: str | Path, rank: int) -> dict[str, float]:
     """A rank-`rank` adapter from the truncated SVD of each layer's total delta.
 
     Returns (and writes to `compression.json`) the relative Frobenius error per layer.
     """
-    factors, errors = compress(total_deltas(cascade, base_model), rank)
+    factors, errors = compress(total_deltas(cascade), rank)
     write_compression_report(_write_cascade_adapter(cascade, out_dir, factors, rank), rank, errors)
     return errors
 

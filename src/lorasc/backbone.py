@@ -1,0 +1,68 @@
+"""The frozen matrices a cascade rewrites, and their pristine values W0 on the host.
+
+The clean backbone is a function, not a state: W_clean = round(W0 + S), with S the slow state
+(slow.py) in float32. Every write computes, per matrix and in float32 on the weight's device,
+
+    W ← round(W0 + S + ε + offset)
+
+where ε is the running cycle's noise (or nothing) and `offset` an expert init's compensation (or
+nothing). Each weight is therefore rounded once per write, never accumulated in its own dtype: the
+merges stay exact in bfloat16 and float16, and removing the noise is a rebuild without it.
+
+Host memory: one copy of every rewritten matrix in the model's dtype (pinned when the weights live
+on a GPU), i.e. at most the model's size.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from peft.tuners.lora import Linear as LoraLinear
+
+from .noise import matrix_seed, noise_for
+
+
+class SlowState(Protocol):
+    def clean(self, name: str, layer: LoraLinear, pristine: torch.Tensor) -> torch.Tensor: ...
+
+
+def host_copy(weight: torch.Tensor) -> torch.Tensor:
+    copy = weight.detach().to("cpu", copy=True).contiguous()
+    return copy.pin_memory() if weight.is_cuda else copy
+
+
+class Backbone:
+    """`params` maps parameter names to the frozen weights; `layer_of` maps the adapted ones to
+    their LoRA layer name (the key of the slow state)."""
+
+    def __init__(self, params: dict[str, torch.nn.Parameter], layers: dict[str, LoraLinear], layer_of: dict[str, str],
+                 lam: float, kind: str, seed: int):
+        self.params, self.layers, self.layer_of = params, layers, layer_of
+        self.param_of = {layer: name for name, layer in layer_of.items()}
+        self.lam, self.kind, self.seed = lam, kind, seed
+        self.pristine = {name: host_copy(p) for name, p in params.items()}
+
+    def pristine32(self, name: str) -> torch.Tensor:
+        """W0 of one matrix in float32 on its weight's device (a new tensor: safe to modify)."""
+        device = self.params[name].device
+        return self.pristine[name].to(device, non_blocking=True).to(torch.float32, copy=True)
+
+    def clean32(self, name: str, slow: SlowState) -> torch.Tensor:
+        """W0 + S of the matrix `name` (a parameter name), in float32 on its device."""
+        w0 = self.pristine32(name)
+        layer_name = self.layer_of.get(name)
+        return w0 if layer_name is None else slow.clean(layer_name, self.layers[layer_name], w0)
+
+    @torch.no_grad()
+    def write(self, slow: SlowState, noise_cycle: int | None = None, offsets: dict[str, torch.Tensor] | None = None) -> None:
+        """Set every matrix to round(W0 + S [+ ε of `noise_cycle`] [+ offset of its layer])."""
+        offsets = offsets or {}
+        for name, p in self.params.items():
+            w = self.clean32(name, slow)
+            if noise_cycle is not None and self.lam > 0:
+                w += noise_for(w, self.lam, self.kind, matrix_seed(self.seed, noise_cycle, name))
+            offset = offsets.get(self.layer_of.get(name, ""))
+            if offset is not None:
+                w += offset.to(w.device)
+            p.copy_(w)
