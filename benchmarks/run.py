@@ -294,7 +294,8 @@ def train_once(spec: dict, run_dir: Path | None = None) -> dict:
     """Train one spec; with `run_dir` the dense model and adapter are exported there."""
     from lorasc.config import LoRASCConfig
     from lorasc.plots import read_log
-    from lorasc.train import RunConfig, train
+    from lorasc.run_config import RunConfig
+    from lorasc.train import train
 
     run, config = RunConfig(**spec["run"]), LoRASCConfig.from_dict(spec["lorasc"])
     with tempfile.TemporaryDirectory() as tmp:
@@ -535,7 +536,8 @@ def plot_all(summary: dict, prefix: Path) -> dict[str, Path]:
 
 def write_report(protocol: Protocol, results_dir: Path, markdown: Path) -> dict:
     """Summarize <results_dir>/<name>.jsonl into <name>.json, the PNG plots and `markdown`; the full
-    report also gains the second task (bbc.jsonl) and the settings study (study.md) when they exist."""
+    report also gains the second task (bbc.jsonl), the settings study (study.md) and the scale
+    benchmark (scale.md) when they exist."""
     summary = summarize(protocol, read_results(results_dir / f"{protocol.name}.jsonl"))
     (results_dir / f"{protocol.name}.json").write_text(json.dumps(summary, indent=2))
     plots = plot_all(summary, results_dir / protocol.name)
@@ -547,6 +549,8 @@ def write_report(protocol: Protocol, results_dir: Path, markdown: Path) -> dict:
         text += "\n" + second_task_section(second) + "\n\n"
     if protocol is FULL and (results_dir / "study.md").is_file():
         text += "\n" + inlined(results_dir / "study.md", markdown.parent)
+    if protocol is FULL and (results_dir / "scale.md").is_file():  # benchmarks/scale.py: "At scale"
+        text += "\n" + (results_dir / "scale.md").read_text()
     markdown.write_text(text)
     return summary
 

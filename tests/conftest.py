@@ -1,4 +1,8 @@
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -110,3 +114,46 @@ def train_cascade(cascade, optimizer, batches, before_step=lambda: None):
         optimizer.zero_grad()
         before_step()
         cascade.step(optimizer)
+
+
+# ---- `lorasc` as a user runs it: a child process, optionally under a launcher or killed mid-run ----
+TINY_RUN = ["--n-train", "64", "--n-test", "32", "--n-ood", "32", "--batch-size", "8", "--max-length", "32", "--no-progress"]
+# The child runs the CLI; with LORASC_TEST_KILL_AT it SIGKILLs itself right after writing that step's checkpoint.
+CLI_CHILD = """
+import os, signal, sys
+import lorasc.train
+kill_at = os.environ.get("LORASC_TEST_KILL_AT")
+if kill_at:
+    write = lorasc.train.save_checkpoint
+    def write_then_die(run_dir, step, *args):
+        write(run_dir, step, *args)
+        if step == int(kill_at):
+            os.kill(os.getpid(), signal.SIGKILL)
+    lorasc.train.save_checkpoint = write_then_die
+from lorasc.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+TORCHRUN_2 = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "lorasc.cli"]
+
+
+def run_cli(*args, launcher: list[str] | None = None, kill_at: int | None = None) -> subprocess.CompletedProcess:
+    """`lorasc ARGS` in a child process (one thread per process, as CI's 2 cores want); `launcher`
+    replaces the plain interpreter call, e.g. TORCHRUN_2."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if kill_at is not None:
+        env["LORASC_TEST_KILL_AT"] = str(kill_at)
+    command = [sys.executable, *(launcher or ["-c", CLI_CHILD]), *map(str, args)]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def minilm_without_dropout(tmp_path_factory, minilm_path) -> Path:
+    """MiniLM's files (linked) with dropout off in its config: runs that differ only in how a batch
+    is split must reach the same weights, and dropout masks depend on the split."""
+    folder = tmp_path_factory.mktemp("minilm-no-dropout")
+    for source in Path(minilm_path).iterdir():
+        (folder / source.name).symlink_to(source)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").unlink()
+    (folder / "config.json").write_text(json.dumps({**config, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}))
+    return folder

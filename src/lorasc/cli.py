@@ -19,12 +19,13 @@ from pathlib import Path
 import yaml
 
 from .config import DEFAULT_EXPERT, EXPERT_INITS, NOISE_KINDS, NOISE_TARGETS, OPTIMIZER_STATE_MODES, LoRASCConfig
-from .data import DATASETS, default_model_path
-from .train import RUN_METHODS, TASKS, RunConfig, default_targets
+from .data import DATASETS
+from .run_config import DEVICES, DTYPES, RUN_METHODS, TASKS, RunConfig
+from .task import default_targets, model_path
 
 # The main job's defaults: a 4-expert cascade over one epoch of 8,000 tweets (about 500 steps).
 DEFAULT_LORASC = {"num_cycles": 4}
-CHOICES = {"dataset": DATASETS, "noise_kind": NOISE_KINDS, "noise_targets": NOISE_TARGETS, "optimizer_state": OPTIMIZER_STATE_MODES, "expert_init": EXPERT_INITS}
+CHOICES = {"dataset": DATASETS, "device": DEVICES, "dtype": tuple(DTYPES), "noise_kind": NOISE_KINDS, "noise_targets": NOISE_TARGETS, "optimizer_state": OPTIMIZER_STATE_MODES, "expert_init": EXPERT_INITS}
 LORASC_FLAGS = {f.name: CHOICES.get(f.name, f.type) for f in dataclasses.fields(LoRASCConfig) if f.name != "expert"}
 EXPERT_FLAGS = {"r": int, "lora_alpha": float, "target_modules": list, "lora_dropout": float, "use_dora": bool, "use_rslora": bool, "init_lora_weights": str}
 RUN_FLAGS = {f.name: CHOICES.get(f.name, f.type) for f in dataclasses.fields(RunConfig) if f.name not in ("method", "task", "seed")}
@@ -63,7 +64,7 @@ def _value_parser(kind):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lorasc", description="LoRASC: LoRA Slow Cascade Learning, offline on CPU.")
+    parser = argparse.ArgumentParser(prog="lorasc", description="LoRASC: LoRA Slow Cascade Learning, offline, on CPUs or GPUs (Accelerate).")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -108,7 +109,7 @@ def resolve(args: argparse.Namespace) -> tuple[RunConfig, LoRASCConfig]:
     run_values.setdefault("seed", lorasc_values.get("seed", 0))
     run = RunConfig(**run_values)
     if "target_modules" not in expert_values:
-        expert_values["target_modules"] = default_targets(run.model or default_model_path())
+        expert_values["target_modules"] = default_targets(model_path(run))
     if "init_lora_weights" in expert_values and expert_values["init_lora_weights"] in ("True", "true"):
         expert_values["init_lora_weights"] = True
     return run, LoRASCConfig.from_dict({**lorasc_values, "expert": expert_values})
@@ -131,8 +132,9 @@ def write_config(run_dir: Path, run: RunConfig, config: LoRASCConfig) -> None:
 
 
 def command_train(args: argparse.Namespace) -> int:
+    """Every process of a distributed launch runs this; only the main one writes the run's files."""
     from .plots import plot_run
-    from .train import train
+    from .train import make_accelerator, train
 
     if args.resume:
         if args.output_dir is None or not (args.output_dir / "config.yaml").is_file():
@@ -142,14 +144,19 @@ def command_train(args: argparse.Namespace) -> int:
         args.config = args.output_dir / "config.yaml"
     run, config = resolve(args)
     run_dir = args.output_dir or Path("runs") / run.method
+    accelerator = make_accelerator(run)
     if not args.resume and run_dir.exists() and any(run_dir.iterdir()):
         raise CliError(f"{run_dir} already holds a run; pass --resume to continue it or --output-dir for a new one")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(run_dir, run, config)
-    metrics = train(run, config, run_dir, resume=args.resume, progress=not args.no_progress)
-    plot_run(run_dir)
-    print(summary_table(metrics))
-    print(f"\nrun folder: {run_dir}  (dense model: {run_dir / 'model'}, metrics.json, log.csv, loss.png, metric_per_cycle.png)")
+    accelerator.wait_for_everyone()  # every process has checked the folder before the main one writes to it
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_config(run_dir, run, config)
+    metrics = train(run, config, run_dir, resume=args.resume, progress=not args.no_progress, accelerator=accelerator)
+    if accelerator.is_main_process:
+        plot_run(run_dir)
+        print(summary_table(metrics))
+        print(f"\nrun folder: {run_dir}  (dense model: {run_dir / 'model'}, metrics.json, log.csv, loss.png, metric_per_cycle.png)")
+    accelerator.end_training()
     return 0
 
 
@@ -162,7 +169,7 @@ def summary_table(metrics: dict) -> str:
             lines.append(f"{split:<6} {m['loss']:8.4f} {m['accuracy']:9.4f} {f1}")
     lines += [
         "",
-        f"method {metrics['method']}, {metrics['steps']} steps, {metrics['cycles']} cycle(s)",
+        f"method {metrics['method']}, {metrics['steps']} steps, {metrics['cycles']} cycle(s), {metrics['processes']} process(es) on {metrics['device']}",
         f"wall time {metrics['train_seconds']:.0f} s ({metrics['seconds_per_step']:.2f} s per training step), peak memory {metrics['peak_rss_mb']:.0f} MB",
         f"trainable parameters {metrics['trainable_params']:,}",
     ]
@@ -179,7 +186,8 @@ def _finished_run(run_dir: Path) -> tuple[RunConfig, LoRASCConfig]:
 
 
 def command_eval(args: argparse.Namespace) -> int:
-    from .train import evaluate, load_model, load_task
+    from .metrics import evaluate
+    from .task import load_model, load_task
 
     run, _ = _finished_run(args.run)
     data = load_task(run)
@@ -194,11 +202,12 @@ def command_eval(args: argparse.Namespace) -> int:
 
 def command_export(args: argparse.Namespace) -> int:
     from .export import export_compressed_between
-    from .train import load_model, load_task
+    from .task import load_model, load_task
 
     run, config = _finished_run(args.run)
     if args.rank < 1:
         raise CliError(f"--rank {args.rank} is not allowed: an integer >= 1")
+    run = dataclasses.replace(run, dtype="float32")  # the delta of low-precision weights is exact in float32
     labels = load_task(run).labels
     tuned = load_model(dataclasses.replace(run, model=str(args.run / "model")), labels)[0]
     base = load_model(run, labels)[0]

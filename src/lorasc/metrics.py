@@ -1,0 +1,82 @@
+"""Evaluation (loss, accuracy, macro-F1) and the run's log.csv."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+
+from .data import Example
+from .run_config import RunConfig
+from .task import IGNORED, count_items, encode, scored_labels, summed_loss, to_device
+
+EVAL_BATCH = 64
+
+
+def macro_f1(pred: torch.Tensor, gold: torch.Tensor, num_classes: int) -> float:
+    scores = []
+    for c in range(num_classes):
+        tp = ((pred == c) & (gold == c)).sum().item()
+        denominator = (pred == c).sum().item() + (gold == c).sum().item()
+        scores.append(2 * tp / denominator if denominator else 0.0)
+    return sum(scores) / num_classes
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, examples: list[Example], run: RunConfig, num_classes: int) -> dict[str, float]:
+    """Loss and accuracy (classification: accuracy and macro-F1; causal LM: response-token accuracy),
+    on the model's device, under autocast in the run's dtype."""
+    if not examples:
+        return {}
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total_loss, total_items, preds, golds = 0.0, 0, [], []
+    for i in range(0, len(examples), EVAL_BATCH):
+        batch = to_device(encode(tokenizer, examples[i : i + EVAL_BATCH], run.task, run.max_length), device)
+        with torch.autocast(device.type, dtype=run.torch_dtype, enabled=run.dtype != "float32"):
+            loss, logits = summed_loss(model, batch, run.task)
+        total_loss += loss.item()
+        total_items += count_items(batch["labels"], run.task)
+        scored, labels = scored_labels(logits, batch["labels"], run.task)
+        kept = labels != IGNORED
+        preds.append(scored.argmax(-1)[kept].cpu())
+        golds.append(labels[kept].cpu())
+    model.train(was_training)
+    pred, gold = torch.cat(preds), torch.cat(golds)
+    metrics = {"loss": total_loss / max(1, total_items), "accuracy": (pred == gold).float().mean().item()}
+    if run.task == "classification":
+        metrics["macro_f1"] = macro_f1(pred, gold, num_classes)
+    return metrics
+
+
+class CsvLog:
+    """log.csv (rewritten from the checkpoint's rows on resume), mirrored to TensorBoard if installed."""
+
+    FIELDS = ("step", "epoch", "cycle", "lr", "train_loss", "eval_loss", "eval_accuracy", "eval_macro_f1", "cycle_end")
+
+    def __init__(self, path: Path, rows: list[dict]):
+        self.path, self.rows = path, rows
+        self._rewrite()
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # TensorBoard is optional
+            self.tensorboard = None
+        else:
+            self.tensorboard = SummaryWriter(str(path.parent / "tensorboard"))
+
+    def _rewrite(self) -> None:
+        with open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, self.FIELDS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, self.FIELDS).writerow(row)
+        if self.tensorboard is not None:
+            for key in ("lr", "train_loss", "eval_loss", "eval_accuracy", "eval_macro_f1"):
+                if row.get(key, "") != "":
+                    self.tensorboard.add_scalar(key, row[key], row["step"])

