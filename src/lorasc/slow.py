@@ -112,7 +112,7 @@ class SlowHead(KeepHead):
         self.start = {n: p.detach().clone() for n, p in params.items()}
 
     def merged(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {n: torch.lerp(start, params[n].detach(), self.alpha) for n, start in self.start.items()}
+        return {n: torch.lerp(start.to(params[n]), params[n].detach(), self.alpha) for n, start in self.start.items()}
 
     def state_dict(self) -> dict:
         return {"start": self.start}
