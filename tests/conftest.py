@@ -116,34 +116,20 @@ def train_cascade(cascade, optimizer, batches, before_step=lambda: None):
         cascade.step(optimizer)
 
 
-# ---- `lorasc` as a user runs it: a child process, optionally under a launcher or killed mid-run ----
+# ---- `lorasc` as a user runs it: a child process, on 1 or 2 processes, optionally killed mid-run ----
 TINY_RUN = ["--n-train", "64", "--n-test", "32", "--n-ood", "32", "--batch-size", "8", "--max-length", "32", "--no-progress"]
-# The child runs the CLI; with LORASC_TEST_KILL_AT it SIGKILLs itself right after writing that step's checkpoint.
-CLI_CHILD = """
-import os, signal, sys
-import lorasc.train
-kill_at = os.environ.get("LORASC_TEST_KILL_AT")
-if kill_at:
-    write = lorasc.train.save_checkpoint
-    def write_then_die(run_dir, step, *args):
-        write(run_dir, step, *args)
-        if step == int(kill_at):
-            os.kill(os.getpid(), signal.SIGKILL)
-    lorasc.train.save_checkpoint = write_then_die
-from lorasc.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-TORCHRUN_2 = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "lorasc.cli"]
+CLI_CHILD = Path(__file__).with_name("cli_child.py")
 
 
-def run_cli(*args, launcher: list[str] | None = None, kill_at: int | None = None) -> subprocess.CompletedProcess:
-    """`lorasc ARGS` in a child process (one thread per process, as CI's 2 cores want); `launcher`
-    replaces the plain interpreter call, e.g. TORCHRUN_2."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+def run_cli(*args, processes: int = 1, kill_at: int | None = None) -> subprocess.CompletedProcess:
+    """`lorasc ARGS` in a child process, one thread per process (CI has 2 cores); with processes=2 under
+    `torchrun --standalone` (gloo); with kill_at=N SIGKILLed right after writing step N's checkpoint."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if kill_at is not None:
         env["LORASC_TEST_KILL_AT"] = str(kill_at)
-    command = [sys.executable, *(launcher or ["-c", CLI_CHILD]), *map(str, args)]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)] if processes > 1 else []
+    entry = ["-m", "lorasc.cli"] if kill_at is None else [str(CLI_CHILD)]
+    return subprocess.run([sys.executable, *launcher, *entry, *map(str, args)], env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="session")

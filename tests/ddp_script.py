@@ -77,11 +77,15 @@ def model_weights(cascade: LoRASC) -> dict[str, torch.Tensor]:
     return {name: t.detach().clone().contiguous() for name, t in cascade.model.state_dict().items()}
 
 
+def trainable(cascade: LoRASC) -> dict[str, torch.nn.Parameter]:
+    return {name: p for name, p in cascade.model.named_parameters() if p.requires_grad}
+
+
 def save_checkpoint(directory: Path, cascade: LoRASC, optimizer, scheduler) -> None:
-    """Rank 0 writes; the other ranks wait so that nobody reads a half-written checkpoint."""
+    """Rank 0 writes what cannot be rebuilt (no backbone); the other ranks wait so that nobody reads a half-written checkpoint."""
     if is_main_process():
         directory.mkdir(parents=True, exist_ok=True)
-        save_file(model_weights(cascade), directory / "model.safetensors")
+        save_file({name: p.detach().clone() for name, p in trainable(cascade).items()}, directory / "trainable.safetensors")
         state = {"cascade": cascade.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
         torch.save(state, directory / "state.pt")
     if dist.is_initialized():
@@ -89,10 +93,14 @@ def save_checkpoint(directory: Path, cascade: LoRASC, optimizer, scheduler) -> N
 
 
 def load_checkpoint(directory: Path, cascade: LoRASC, optimizer, scheduler) -> None:
-    """Every rank loads the same files. Checked before DDP, which would mask a bad load by broadcasting rank 0's weights."""
-    cascade.model.load_state_dict(load_file(directory / "model.safetensors"))
-    state = torch.load(directory / "state.pt", weights_only=False)
+    """Every rank loads the same files into a cascade built on the pristine model: the engine rebuilds
+    the (noisy) backbone, then the trained weights and the optimizer continue. Checked before DDP,
+    whose construction broadcasts rank 0's weights and would mask a bad load."""
+    state = torch.load(directory / "state.pt", weights_only=True)
     cascade.load_state_dict(state["cascade"])
+    with torch.no_grad():
+        for name, tensor in load_file(directory / "trainable.safetensors").items():
+            trainable(cascade)[name].copy_(tensor)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     assert_replicas_identical(cascade)

@@ -1,9 +1,10 @@
 """LoRASC under DDP on CPU (gloo): 2 processes give the model 1 process gives on the same global batches.
 
-The runs are tests/ddp_script.py, launched as child processes; `pytest -s` prints the numbers quoted
-in docs/distributed.md.
+The runs are `lorasc train` and tests/ddp_script.py (the engine's API in a plain loop, Accelerate and
+the Trainer), launched as child processes; `pytest -s` prints the numbers quoted in docs/distributed.md.
 """
 
+import json
 import os
 import socket
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_RUN, run_cli
 from peft import LoraConfig
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -121,3 +123,50 @@ def test_trainer_callback_under_torchrun_matches_the_plain_loop(one_process, tmp
     diff = max_abs_diff(one_process, out)
     print(f"\nTrainer + LoRASCCallback 2 procs vs plain loop 1 proc: max abs weight diff {diff:.2e}")
     assert diff < ATOL
+
+
+# ---- `lorasc train` on 2 processes ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory, minilm_without_dropout):
+    common = ["--model", minilm_without_dropout, "--max-steps", "6", "--num-cycles", "3", "--checkpoint-every", "1", *TINY_RUN]
+    run = tmp_path_factory.mktemp("two") / "run"
+    trained = run_cli("train", "--output-dir", run, *common, processes=2)
+    assert trained.returncode == 0, trained.stderr[-5000:]
+    return run, common
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    return {**load_file(run / "model" / "model.safetensors"), **load_file(run / "adapter" / "adapter_model.safetensors")}
+
+
+def identical(left: dict[str, torch.Tensor], right: dict[str, torch.Tensor]) -> bool:
+    return left.keys() == right.keys() and all(torch.equal(left[name], right[name]) for name in left)
+
+
+@pytest.mark.slow
+def test_lorasc_train_on_two_processes_gives_the_weights_of_one(two_process_run, tmp_path):
+    """Bitwise against 1 process cutting each batch into the same 2 halves (--grad-accum 2): each half
+    gives the same gradient, and DDP's all-reduce adds the two as accumulation does (a halving and one
+    addition, both exact). Against 1 process on whole batches the sums round differently (~1e-7)."""
+    two, common = two_process_run
+    assert json.loads((two / "metrics.json").read_text())["processes"] == 2
+    accumulated, whole = tmp_path / "accumulated", tmp_path / "whole"
+    assert run_cli("train", "--output-dir", accumulated, "--grad-accum", "2", *common).returncode == 0
+    assert run_cli("train", "--output-dir", whole, *common).returncode == 0
+    assert identical(final_weights(two), final_weights(accumulated))
+    dense_two, dense_whole = load_file(two / "model" / "model.safetensors"), load_file(whole / "model" / "model.safetensors")
+    diff = max((dense_two[k] - dense_whole[k]).abs().max().item() for k in dense_two)
+    print(f"\nlorasc train, 2 processes vs 1 on whole batches: max abs diff of the dense model {diff:.1e}")
+    assert diff < 1e-6
+
+
+@pytest.mark.slow
+def test_lorasc_train_on_two_processes_resumes_exactly(two_process_run, tmp_path):
+    """Rank 0 dies right after a mid-cycle checkpoint; both ranks resume from it (and check that they agree)."""
+    two, common = two_process_run
+    killed = tmp_path / "killed"
+    assert run_cli("train", "--output-dir", killed, *common, processes=2, kill_at=3).returncode != 0  # cycles end at 2, 4, 6
+    assert (killed / "LATEST").read_text() == "checkpoint-3"
+    resumed = run_cli("train", "--resume", "--output-dir", killed, processes=2)
+    assert resumed.returncode == 0, resumed.stderr[-5000:]
+    assert identical(final_weights(two), final_weights(killed))
