@@ -4,7 +4,8 @@ A checkpoint folder holds
 - trainable.safetensors: the trainable parameters (the running expert and the head; every weight
   for full fine-tuning);
 - state.pt: the cascade's state (cycle, plan, slow factors, expert-init state), the optimizer, the
-  scheduler and the RNG states: tensors in plain containers, read with `torch.load(weights_only=True)`;
+  scheduler, float16's loss scaler and the RNG states: tensors in plain containers, read with
+  `torch.load(weights_only=True)`;
 - progress.json: the step, the log rows, the timers and the fingerprint of the base model files.
 The backbone is not in it: on resume the engine rebuilds it (noisy mid-cycle) from the pristine
 base model and the slow state, so the base model files must not change; the fingerprint checks that.

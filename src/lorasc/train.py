@@ -26,7 +26,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from .cascade import LoRASC
-from .checkpoint import (Checkpoint, load_checkpoint, model_fingerprint, restore_rng_states, rng_states, save_checkpoint,
+from .checkpoint import (Checkpoint, CheckpointError, load_checkpoint, model_fingerprint, restore_rng_states, rng_states, save_checkpoint,
                          trainable_parameters)
 from .config import LoRASCConfig, for_method
 from .data import DataError, TaskData
@@ -126,6 +126,8 @@ class Loop:
         self.cascade.begin(self.total_steps, self.steps_per_epoch)
         self.optimizer = self.cascade.optimizer(lr=run.lr, weight_decay=run.weight_decay)
         self.scheduler = self.cascade.scheduler(self.optimizer, warmup_steps=run.warmup_steps)
+        # The jagged scheduler stays out of Accelerate, which would step it once per process.
+        self.model, self.prepared_optimizer = session.prepared, accelerator.prepare_optimizer(self.optimizer)
         self.rows, self.elapsed, self.step_seconds = [], 0.0, 0.0
 
     def resume(self, checkpoint: Checkpoint) -> None:
@@ -134,12 +136,14 @@ class Loop:
         self.cascade.load_state_dict(checkpoint.state["cascade"])
         parameters = trainable_parameters(self.cascade.model)
         if parameters.keys() != checkpoint.trainable.keys():
-            raise DataError("the checkpoint's trainable weights do not match this run's model; start a new run")
+            raise CheckpointError("the checkpoint's trainable weights do not match this run's model; start a new run")
         with torch.no_grad():
             for name, tensor in checkpoint.trainable.items():
                 parameters[name].copy_(tensor)
         self.optimizer.load_state_dict(checkpoint.state["optimizer"])
         self.scheduler.load_state_dict(checkpoint.state["scheduler"])
+        if self.accelerator.scaler is not None:  # float16's loss scale decides which steps are skipped
+            self.accelerator.scaler.load_state_dict(checkpoint.state["scaler"])
         restore_rng_states(checkpoint.state["rng"])
         self.rows, self.elapsed, self.step_seconds = checkpoint.progress["rows"], checkpoint.progress["elapsed"], checkpoint.progress["step_seconds"]
         if isinstance(self.cascade, LoRASC):  # a collective: every rank loaded the same files (DDP broadcast before)
@@ -148,7 +152,6 @@ class Loop:
     def train(self, progress: bool) -> float:
         """Run the remaining steps; returns the wall time of the whole run, earlier sessions included."""
         main = self.accelerator.is_main_process
-        self.model, self.prepared_optimizer = self.session.prepared, self.accelerator.prepare_optimizer(self.optimizer)
         self.model.train()
         log = CsvLog(self.run_dir / "log.csv", self.rows) if main else None
         start, window = time.perf_counter(), []
@@ -205,8 +208,9 @@ class Loop:
 
     def checkpoint(self, elapsed: float) -> None:
         if self.accelerator.is_main_process:
-            state = {"cascade": self.cascade.state_dict(), "optimizer": self.optimizer.state_dict(),
-                     "scheduler": self.scheduler.state_dict(), "rng": rng_states()}
+            scaler = self.accelerator.scaler
+            state = {"cascade": self.cascade.state_dict(), "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                     "scaler": None if scaler is None else scaler.state_dict(), "rng": rng_states()}
             progress = {"fingerprint": self.session.fingerprint, "rows": self.rows, "elapsed": elapsed, "step_seconds": self.step_seconds}
             save_checkpoint(self.run_dir, self.cascade.steps, trainable_parameters(self.cascade.model), state, progress)
         self.accelerator.wait_for_everyone()  # nobody reads a half-written checkpoint
