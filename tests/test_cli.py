@@ -89,6 +89,17 @@ def test_bfloat16_run_on_the_cpu_exports_a_bfloat16_dense_model(tmp_path, capsys
     assert json.loads((run / "eval.json").read_text())["test"]["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
 
 
+def test_gradient_checkpointing_gives_the_same_weights(tmp_path):
+    """Activations recomputed in the backward (dropout's RNG replayed) give bitwise the same model."""
+    common = ["--max-steps", "4", "--num-cycles", "2", *TINY]
+    plain, recomputed = tmp_path / "plain", tmp_path / "recomputed"
+    assert cli("train", "--output-dir", plain, *common) == 0
+    assert cli("train", "--output-dir", recomputed, "--gradient-checkpointing", *common) == 0
+    assert yaml.safe_load((recomputed / "config.yaml").read_text())["run"]["gradient_checkpointing"] is True
+    left, right = load_file(plain / "model" / "model.safetensors"), load_file(recomputed / "model" / "model.safetensors")
+    assert all(torch.equal(left[name], right[name]) for name in left)
+
+
 def write_csv(path, header, rows):
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
