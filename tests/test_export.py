@@ -88,3 +88,36 @@ def test_exports_refuse_a_cascade_with_noise_on(minilm, tmp_path):
             export(cascade, tmp_path / "x")
     with pytest.raises(RuntimeError, match="call cascade.finish"):
         delta_ranks(cascade)
+
+
+def test_a_classifier_without_task_type_trains_its_head(minilm, tweet_batches):
+    """PEFT freezes a new head unless the task type names it; the engine infers it and says so."""
+    with pytest.warns(UserWarning, match="expert.task_type=None on a BertForSequenceClassification: using 'SEQ_CLS'"):
+        cascade = LoRASC(minilm, LoRASCConfig(num_cycles=1, expert=LoraConfig(r=2, target_modules=["query"])))
+    head = {n: p for n, p in cascade.head_params.items() if "classifier" in n}
+    assert head and all(p.requires_grad for p in head.values())
+    before = {n: p.detach().clone() for n, p in head.items()}
+    cascade.begin(total_steps=1)
+    optimizer = cascade.optimizer(lr=1e-2)
+    cascade.model(**tweet_batches[0]).loss.backward()
+    optimizer.step()
+    assert all(not torch.equal(before[n], p) for n, p in head.items())
+
+
+def test_the_stacked_adapter_names_its_task_and_loads_with_auto_peft(tmp_path):
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    from conftest import tiny_llama, token_batches, train_cascade
+
+    tiny_llama().save_pretrained(tmp_path / "base")
+    cascade = LoRASC(AutoModelForCausalLM.from_pretrained(tmp_path / "base"),
+                     LoRASCConfig(slow_alpha=0.5, cycle_steps=2, expert=LoraConfig(r=2, target_modules=["q_proj", "v_proj"])))
+    cascade.begin(total_steps=4)
+    train_cascade(cascade, cascade.optimizer(lr=1e-2), token_batches(4))
+    adapter = export_stacked(cascade, tmp_path / "adapter")
+    assert json.loads((adapter / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
+    loaded = AutoPeftModelForCausalLM.from_pretrained(adapter)
+    ids = token_batches(1)[0]["input_ids"]
+    with torch.no_grad():
+        assert (loaded(input_ids=ids).logits - cascade.model(input_ids=ids).logits).abs().max() <= 1e-4

@@ -26,6 +26,8 @@ Usage in a plain loop:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import warnings
 
 import torch
 from peft import PeftModel, get_peft_model
@@ -42,6 +44,23 @@ from .init import INIT_STRATEGIES, BatchSource
 from .noise import matrix_seed
 from .schedule import cycle_ends, jagged_scheduler
 from .slow import KeepHead, SlowHead, slow_state_for
+
+
+# transformers heads and the PEFT task type that trains their new head in full (modules_to_save) and
+# names the exported adapter's task, so that AutoPeftModelFor* loads it
+TASK_TYPES = {"ForSequenceClassification": "SEQ_CLS", "ForTokenClassification": "TOKEN_CLS", "ForQuestionAnswering": "QUESTION_ANS", "ForCausalLM": "CAUSAL_LM"}
+
+
+def with_task_type(config: LoRASCConfig, model: torch.nn.Module) -> LoRASCConfig:
+    """The config with the expert's task type inferred from a transformers model, when it has none:
+    without it PEFT freezes a classifier's new head, which then never learns."""
+    kind = type(model).__name__
+    task = next((t for suffix, t in TASK_TYPES.items() if kind.endswith(suffix)), None)
+    if config.expert.task_type is not None or task is None:
+        return config
+    if task != "CAUSAL_LM":
+        warnings.warn(f"expert.task_type=None on a {kind}: using {task!r}, so that PEFT trains its new head; pass task_type to choose", stacklevel=3)
+    return dataclasses.replace(config, expert=dataclasses.replace(config.expert, task_type=task))
 
 
 def wrap_model(model: torch.nn.Module, config: LoRASCConfig, adapter: str) -> PeftModel:
@@ -72,6 +91,7 @@ class LoRASC:
         """`grad_batches()` returns the batches (dicts for `model(**batch)`) that `expert_init="gradient"`
         estimates each cycle's gradient on; `check_replicas` verifies DDP replicas after every merge."""
         self.init = INIT_STRATEGIES[config.expert_init](grad_batches)
+        config = config if isinstance(model, PeftModel) else with_task_type(config, model)
         self.config, self.adapter, self.check_replicas = config, adapter, check_replicas
         self.model = wrap_model(model, config, adapter)
         self.layers = {
