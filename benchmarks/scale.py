@@ -202,15 +202,21 @@ def summarize(args, device, params, reference, runs, memory, cycles, stacked_err
 
 
 def costs(runs: dict[str, Run], memory: DeviceMemory, cycles: list[dict]) -> dict:
-    """Median steps, their ratio, and the boundaries (every cycle but the last has an end and a next start)."""
+    """Median steps; the step-time ratio as the median of the ratios of each interleaved pair of steps (on a
+    shared machine both steps of a pair see the same load, while the medians of each need not); the
+    boundaries (every cycle but the last has an end and a next start) in seconds, in median LoRASC
+    steps and in its fastest step (the larger count when other work slows some steps down)."""
     lora_step, lorasc_step = (statistics.median(runs[n].step_s) for n in ("lora", "lorasc"))
     ends = [c["end_cycle_s"] for c in cycles[:-1]]
     starts = [c["start_cycle_s"] for c in cycles[:-1]]
     boundary = statistics.median(e + s for e, s in zip(ends, starts))
+    pair_ratios = [s / l for l, s in zip(runs["lora"].step_s, runs["lorasc"].step_s)]  # neighbours in time
     return {
         "timed_steps": len(runs["lorasc"].step_s), "lora_steps_s": runs["lora"].step_s, "lorasc_steps_s": runs["lorasc"].step_s,
-        "lora_step_s": lora_step, "lorasc_step_s": lorasc_step, "step_time_ratio": lorasc_step / lora_step,
+        "lora_step_s": lora_step, "lorasc_step_s": lorasc_step,
+        "step_time_ratio": statistics.median(pair_ratios), "median_step_ratio": lorasc_step / lora_step,
         "boundary_s": boundary, "boundary_steps": boundary / lorasc_step,
+        "boundary_fastest_steps": boundary / min(runs["lorasc"].step_s),
         "end_cycle_s": statistics.median(ends), "start_cycle_s": statistics.median(starts),
         "peak_memory_bytes": dict(memory.peak) if memory.cuda else None, "peak_memory_ratio": memory.ratio("lorasc", "lora"),
     }

@@ -28,7 +28,7 @@ def params(n: int) -> str:
 
 
 def boundary(r: dict) -> str:
-    return "—" if r["boundary_s"] is None else f"{r['boundary_s']:.3f} s = {r['boundary_steps']:.2f} steps"
+    return f"{r['boundary_s']:.3f} s = {r['boundary_steps']:.2f} median steps ({r['boundary_fastest_steps']:.2f} fastest)"
 
 
 def memory(r: dict) -> str:
@@ -42,7 +42,7 @@ ROWS = [
     ("batch × sequence", lambda r: f"{r['setting']['batch']} × {r['setting']['seq']}"),
     ("rank r, lora_alpha; slow α, noise λ", lambda r: "{rank}, {lora_alpha:g}; {slow_alpha:g}, {noise_lambda:g}".format(**r["setting"])),
     ("cycles × steps (warm-up steps)", lambda r: "{cycles} × {steps_per_cycle} ({warmup})".format(**r["setting"])),
-    ("LoRA step, median", lambda r: f"{r['lora_step_s']:.4f} s"),
+    ("LoRA step, median (fastest)", lambda r: f"{r['lora_step_s']:.4f} s ({min(r['lora_steps_s']):.4f} s)"),
     ("**LoRASC / LoRA step time**", lambda r: f"{r['step_time_ratio']:.3f}"),
     ("**boundary: end_cycle + start_cycle**", boundary),
     ("end_cycle / start_cycle", lambda r: f"{r['end_cycle_s']:.3f} s / {r['start_cycle_s']:.3f} s"),

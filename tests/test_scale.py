@@ -42,6 +42,7 @@ def test_costs_are_measured(results_dir, dtype):
     assert r["timed_steps"] == len(r["lora_steps_s"]) == len(r["lorasc_steps_s"]) > 0
     assert math.isfinite(r["step_time_ratio"]) and r["step_time_ratio"] > 0
     assert r["boundary_s"] > 0 and r["boundary_steps"] == pytest.approx(r["boundary_s"] / r["lorasc_step_s"])
+    assert r["boundary_fastest_steps"] >= r["boundary_steps"]
     assert r["end_cycle_s"] > 0 and r["start_cycle_s"] > 0
     assert r["peak_memory_ratio"] is None  # not measured on the CPU
     assert len(r["per_cycle"]) == r["setting"]["cycles"] == 3
