@@ -151,7 +151,12 @@ class LoRASC:
         self.init.end(self.layers, self.adapter)
         self._zero_experts()
         self.in_cycle = False
-        if self.check_replicas:  # a collective under torch.distributed: every rank ends its cycles together
+        self.verify_replicas()
+
+    def verify_replicas(self) -> None:
+        """With `check_replicas`, raise unless every rank holds the same weights. A collective under
+        torch.distributed: call it on every rank at the same point (every rank ends its cycles together)."""
+        if self.check_replicas:
             assert_replicas_identical(self)
 
     # ---- step-driven use (plain loop and Trainer callback) --------------------------------

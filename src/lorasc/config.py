@@ -107,22 +107,3 @@ class LoRASCConfig:
         bad = sorted(set(expert) - set(EXPERT_FIELDS))
         require(not bad, "expert keys", bad, f"keys among {list(EXPERT_FIELDS)}")
         return cls(**data, expert=LoraConfig(**{**DEFAULT_EXPERT, **expert}))
-
-
-
-
-# Baselines as presets of the same engine, so every method shares one training loop.
-METHODS = ("lorasc", "lora", "cola", "relora", "noisytune")
-
-
-def for_method(method: str, config: LoRASCConfig) -> LoRASCConfig:
-    """The config that runs `method`: LoRA is one cycle with α = 1 and no noise; COLA chains
-    experts (α = 1, λ = 0); ReLoRA is COLA with a jagged re-warmup; NoisyTune is LoRA on a backbone
-    perturbed once (the caller applies that perturbation with `noise_lambda`)."""
-    require(method in METHODS, "method", method, f"one of {METHODS}")
-    if method == "lorasc":
-        return config
-    if method in ("lora", "noisytune"):
-        return dataclasses.replace(config, slow_alpha=1.0, noise_lambda=0.0, num_cycles=1, cycle_steps=None)
-    rewarmup = config.rewarmup_steps if method == "relora" else 0
-    return dataclasses.replace(config, slow_alpha=1.0, noise_lambda=0.0, rewarmup_steps=rewarmup)

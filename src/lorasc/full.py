@@ -33,6 +33,9 @@ class FullFineTune:
     def finish(self) -> None:
         pass
 
+    def verify_replicas(self) -> None:
+        pass  # every weight is trained: DDP keeps the replicas in step
+
     def state_dict(self) -> dict:
         return {"steps": self.steps}
 

