@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import importlib.metadata
 import importlib.util
-import json
 import random
 import re
 from dataclasses import dataclass
@@ -101,42 +100,3 @@ def load_bbc_news(seed: int = 0, n_train: int | None = None, n_test: int = 445, 
     test, ood, train = articles[:n_test], articles[n_test : n_test + n_ood], articles[n_test + n_ood :]
     bodies = [Example(body, label) for _, body, label in train]
     return TaskData(bodies[:n_train] if n_train else bodies, [Example(b, y) for _, b, y in test], [Example(h, y) for h, _, y in ood], labels)
-
-
-def _read_rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise DataError(f"data file not found: {path}; pass an existing .csv or .jsonl file")
-    if path.suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f))
-    if path.suffix in (".jsonl", ".json"):
-        rows = []
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as err:
-                        raise DataError(f"{path}:{number} is not valid JSON ({err.msg}); write one JSON object per line") from err
-        return rows
-    raise DataError(f"unsupported data file type {path.suffix!r} for {path}; use .csv or .jsonl")
-
-
-def read_examples(path: str | Path, text_column: str, target_column: str, labels: tuple[str, ...] | None = None) -> tuple[list[Example], tuple[str, ...]]:
-    """Rows of a CSV/JSONL file as examples. With `labels=None` the class names are the sorted
-    distinct values of `target_column`; with `labels=()` the target is kept as text (causal LM)."""
-    path = Path(path)
-    rows = _read_rows(path)
-    if not rows:
-        raise DataError(f"{path} has no rows; add examples with columns {text_column!r} and {target_column!r}")
-    missing = [c for c in (text_column, target_column) if c not in rows[0]]
-    if missing:
-        raise DataError(f"{path} has no column {missing[0]!r} (it has {sorted(rows[0])}); rename it or pass --text-column/--label-column")
-    if labels == ():
-        return [Example(str(r[text_column]), str(r[target_column])) for r in rows], ()
-    if labels is None:
-        labels = tuple(sorted({str(r[target_column]) for r in rows}))
-    unknown = sorted({str(r[target_column]) for r in rows} - set(labels))
-    if unknown:
-        raise DataError(f"{path} has labels {unknown[:5]} that the training data does not have ({list(labels)}); fix the file or the label column")
-    return [Example(str(r[text_column]), labels.index(str(r[target_column]))) for r in rows], labels

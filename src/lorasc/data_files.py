@@ -1,0 +1,169 @@
+"""User data files (CSV, JSONL, a JSON list) read strictly: every row a clean example, or one line naming the fix.
+
+Quirks that spreadsheets and editors produce are absorbed where the meaning is clear (a UTF-8 byte
+order mark, CRLF line ends, blank lines, labels written "1", "1.0" or " 1") and refused where it is
+not (another encoding, compressed or binary files, duplicate columns, short or long rows, empty cells).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+from .data import DataError, Example
+
+BINARY_SIGNATURES = {b"\x1f\x8b": "gzip-compressed", b"PK\x03\x04": "a zip archive (an .xlsx or .zip?)", b"BZh": "bzip2-compressed",
+                     b"\xfd7zXZ": "xz-compressed"}
+
+
+def read_examples(path: str | Path, text_column: str, target_column: str, labels: tuple[str, ...] | None = None,
+                  encoding: str = "utf-8") -> tuple[list[Example], tuple[str, ...]]:
+    """Rows of a CSV/JSONL file as examples. With `labels=None` the class names are the distinct
+    values of `target_column` (numbers in numeric order); with `labels=()` the target is kept as
+    text (causal LM)."""
+    path = Path(path)
+    rows = read_rows(path, encoding)
+    if not rows:
+        raise DataError(f"{path} has no rows; add examples with columns {text_column!r} and {target_column!r}")
+    missing = [c for c in (text_column, target_column) if c not in rows[0][1]]
+    if missing:
+        raise DataError(f"{path} has no column {missing[0]!r} (it has {sorted(rows[0][1])}); rename it or pass --text-column/--label-column")
+    pairs = [(_cell(where, row, text_column), _cell(where, row, target_column)) for where, row in rows]
+    if labels == ():
+        return [Example(text, target) for text, target in pairs], ()
+    named = [(text, normal_label(target)) for text, target in pairs]
+    found = {label for _, label in named}
+    if labels is None:
+        labels = tuple(sorted(found, key=_label_order))
+        if len(labels) < 2:
+            raise DataError(f"{path} has a single class {labels[0]!r} in column {target_column!r}; a classifier needs at least 2: "
+                            "add examples of the other classes or pass --label-column")
+    unknown = sorted(found - set(labels))
+    if unknown:
+        raise DataError(f"{path} has labels {unknown[:5]} that the training data does not have ({list(labels)}); fix the file or the label column")
+    return [Example(text, labels.index(label)) for text, label in named], labels
+
+
+def normal_label(value: str) -> str:
+    """One name per class: surrounding spaces dropped, a whole number written as an integer ("1.0" is "1")."""
+    text = value.strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return str(int(number)) if math.isfinite(number) and number.is_integer() else text
+
+
+def _label_order(label: str) -> tuple:
+    try:
+        return (0, float(label), label)
+    except ValueError:
+        return (1, 0.0, label)
+
+
+def _cell(where: str, row: dict, column: str) -> str:
+    if column not in row:
+        raise DataError(f"{where} has no {column!r} (it has {sorted(map(str, row))}); add it, or pass --text-column/--label-column")
+    value = row[column]
+    if isinstance(value, bool):
+        value = str(value).lower()
+    if isinstance(value, (dict, list)):
+        raise DataError(f"{where} has a {type(value).__name__} in {column!r}; write text or a number there")
+    if value is None or not str(value).strip():
+        raise DataError(f"{where} has an empty {column!r} cell; fill it in or remove the row")
+    return str(value)
+
+
+def read_rows(path: Path, encoding: str) -> list[tuple[str, dict]]:
+    """(where, row) pairs ("file:line" or "file item N") of a .csv, .jsonl or .json file."""
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}; pass an existing .csv or .jsonl file")
+    if path.suffix not in (".csv", ".jsonl", ".json"):
+        raise DataError(f"unsupported data file type {path.suffix!r} for {path}; use .csv or .jsonl")
+    text = decode(path, path.read_bytes(), encoding)
+    if path.suffix == ".csv":
+        return _csv_rows(path, text)
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        return _json_list_rows(path, text)
+    return _jsonl_rows(path, text)
+
+
+def decode(path: Path, raw: bytes, encoding: str) -> str:
+    for signature, kind in BINARY_SIGNATURES.items():
+        if raw.startswith(signature):
+            raise DataError(f"{path} is {kind}, not text; decompress or export it as a plain .csv/.jsonl file")
+    if b"\0" in raw[:4096] and not raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise DataError(f"{path} is a binary file, not text; export it as a plain .csv/.jsonl file")
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        encoding = "utf-16"
+    elif codecs.lookup(encoding).name == "utf-8":
+        encoding = "utf-8-sig"  # a byte order mark (Excel's "CSV UTF-8") is not part of the first column's name
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line} is not valid {encoding.removesuffix('-sig')} (byte {raw[err.start]:#04x}); "
+                        "pass --encoding with the file's encoding (e.g. --encoding latin-1 or cp1252), or save it as UTF-8") from None
+
+
+def _csv_rows(path: Path, text: str) -> list[tuple[str, dict]]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        if header is None:
+            return []
+        _check_header(path, header)
+        rows = []
+        for fields in reader:
+            if not fields or fields == [""] * len(fields):
+                continue  # a blank line, or a spreadsheet's row of empty cells
+            if len(fields) != len(header):
+                raise DataError(f"{path}:{reader.line_num} has {len(fields)} field(s) but the header has {len(header)}; "
+                                "quote fields that contain commas and give every row all columns")
+            rows.append((f"{path}:{reader.line_num}", dict(zip(header, fields))))
+    except csv.Error as err:
+        raise DataError(f"{path}:{reader.line_num} is not valid CSV ({err}); fix the quoting on that line") from None
+    return rows
+
+
+def _check_header(path: Path, header: list[str]) -> None:
+    names = [name.strip() for name in header]
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    if duplicated:
+        raise DataError(f"{path} has the column {duplicated[0]!r} more than once; rename or remove the copy")
+    if len(header) == 1 and (";" in header[0] or "\t" in header[0]):
+        separator = "';'" if ";" in header[0] else "a tab"
+        raise DataError(f"{path} looks separated by {separator}, not by commas; save it as comma-separated CSV")
+    header[:] = names
+
+
+def _jsonl_rows(path: Path, text: str) -> list[tuple[str, dict]]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{number} is not valid JSON ({err.msg}); write one JSON object per line") from None
+            rows.append((f"{path}:{number}", _object(f"{path}:{number}", value)))
+    return rows
+
+
+def _json_list_rows(path: Path, text: str) -> list[tuple[str, dict]]:
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}:{err.lineno} is not valid JSON ({err.msg}); fix it, or write one JSON object per line (.jsonl)") from None
+    places = [f"{path} item {number}" for number in range(1, len(values) + 1)]
+    return [(where, _object(where, value)) for where, value in zip(places, values)]
+
+
+def _object(where: str, value) -> dict:
+    if not isinstance(value, dict):
+        kind = {list: "an array", str: "a string"}.get(type(value), type(value).__name__)
+        raise DataError(f"{where} is {kind}, not a JSON object; write one object per line, like {{\"text\": ..., \"label\": ...}}")
+    return value

@@ -1,0 +1,23 @@
+"""Checks of a run's inputs that load no model: `lorasc train` runs them before it writes anything."""
+
+from __future__ import annotations
+
+from .config import LoRASCConfig
+from .data import DataError
+from .model_files import check_max_length, check_targets, weight_shapes
+from .run_config import RunConfig
+from .task import check_head, load_task, model_path
+
+
+def check_run_inputs(run: RunConfig, config: LoRASCConfig) -> None:
+    """The data reads into examples, and the model folder is whole and fits the settings."""
+    data = load_task(run)
+    if not data.train:
+        raise DataError("the training set is empty; check the data file and --n-train")
+    path = model_path(run)
+    weight_shapes(path)
+    check_max_length(path, run.max_length)
+    if run.method != "full":
+        check_targets(path, config.expert.target_modules, config.expert.r)
+    if run.task == "classification":
+        check_head(path, data.labels)
