@@ -13,21 +13,27 @@ base model and the slow state, so the base model files must not change; the fing
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import pickle
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 TRAINABLE, STATE, PROGRESS = "trainable.safetensors", "state.pt", "progress.json"
+STATE_KEYS = {"cascade", "optimizer", "scheduler", "scaler", "rng"}
+PROGRESS_KEYS = {"step", "rows", "elapsed", "step_seconds", "fingerprint"}
 MODEL_FILE_ENDINGS = (".safetensors", ".bin", ".index.json")  # weights, and the index of sharded ones
 CHUNK = 1 << 24
 KEPT = 2
+LOW_SPACE = 1 << 20
 
 
 class CheckpointError(ValueError):
@@ -74,9 +80,13 @@ def save_checkpoint(run_dir: Path, step: int, trainable: dict[str, torch.Tensor]
     tmp = run_dir / f".checkpoint-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({name: t.detach().to("cpu", copy=True).contiguous() for name, t in trainable.items()}, tmp / TRAINABLE)
-    torch.save(state, tmp / STATE)
-    (tmp / PROGRESS).write_text(json.dumps({"step": step, **progress}))
+    try:
+        save_file({name: t.detach().to("cpu", copy=True).contiguous() for name, t in trainable.items()}, tmp / TRAINABLE)
+        torch.save(state, tmp / STATE)
+        (tmp / PROGRESS).write_text(json.dumps({"step": step, **progress}))
+    except (OSError, RuntimeError, SafetensorError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)  # gives back the space a full disk needs
+        raise disk_full(err, run_dir) or err
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     pointer = run_dir / ".LATEST.tmp"
@@ -86,37 +96,84 @@ def save_checkpoint(run_dir: Path, step: int, trainable: dict[str, torch.Tensor]
         shutil.rmtree(old, ignore_errors=True)
 
 
+def disk_full(err: Exception, folder: Path) -> OSError | None:
+    """The OSError behind a write that failed on a full disk: torch.save and safetensors report it
+    as RuntimeError or SafetensorError, torch.save without naming the cause."""
+    if isinstance(err, OSError):
+        return err if err.errno == errno.ENOSPC else None
+    if "os error 28" in str(err) or (folder.exists() and shutil.disk_usage(folder).free < LOW_SPACE):
+        return OSError(errno.ENOSPC, "No space left on device", str(folder))
+    return None
+
+
 def load_checkpoint(run_dir: Path, fingerprint: str) -> Checkpoint | None:
-    """The latest good checkpoint of a run, or None if it has none. Refuses (CheckpointError) one
-    written for other base model files, and any state file that would need unpickling objects."""
-    latest = run_dir / "LATEST"
-    if not latest.is_file():
-        return None
-    folder = run_dir / latest.read_text().strip()
+    """The run's newest readable checkpoint, or None if it has none. A damaged one (truncated, emptied)
+    is skipped for the one before it, with a note. Refuses (CheckpointError) a checkpoint written for
+    other base model files, and any state file that would need unpickling objects."""
+    damaged = []
+    for folder in checkpoint_folders(run_dir):
+        try:
+            checkpoint = read_checkpoint(folder)
+        except DamagedCheckpoint as err:
+            damaged.append(f"{folder.name} is unreadable ({err})")
+            continue
+        if damaged:
+            print(f"lorasc: note: {'; '.join(damaged)}; resuming from {folder.name}, the newest readable checkpoint", file=sys.stderr)
+        if checkpoint.progress.get("fingerprint") != fingerprint:
+            raise CheckpointError(
+                f"the base model files changed since {folder} was written (their sha256 fingerprint differs): the checkpoint "
+                "holds no backbone, so it resumes only on the exact files the run started from; restore them or start a new run"
+            )
+        return checkpoint
+    if damaged:
+        raise CheckpointError(f"{run_dir} has no readable checkpoint: {'; '.join(damaged)}; start a new run (--output-dir NEW)")
+    return None
+
+
+def checkpoint_folders(run_dir: Path) -> list[Path]:
+    """checkpoint-<step> folders, newest first. Each was renamed into place only once complete, so
+    the newest is the latest good one even when a crash came before LATEST was updated."""
+    folders = [p for p in run_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    return sorted(folders, key=lambda p: int(p.name.split("-", 1)[1]), reverse=True)
+
+
+class DamagedCheckpoint(Exception):
+    """A checkpoint file that is missing, truncated or not what lorasc writes."""
+
+
+def read_checkpoint(folder: Path) -> Checkpoint:
     progress = read_progress(folder)
-    if progress.get("fingerprint") != fingerprint:
-        raise CheckpointError(
-            f"the base model files changed since {folder} was written (their sha256 fingerprint differs): the checkpoint "
-            "holds no backbone, so it resumes only on the exact files the run started from; restore them or start a new run"
-        )
-    return Checkpoint(load_file(folder / TRAINABLE), load_state(folder / STATE), progress)
+    try:
+        trainable = load_file(folder / TRAINABLE)
+    except (OSError, SafetensorError) as err:
+        raise DamagedCheckpoint(f"{TRAINABLE}: {' '.join(str(err).split())}") from None
+    state = load_state(folder / STATE)
+    if not STATE_KEYS <= state.keys() or not PROGRESS_KEYS <= progress.keys():
+        raise DamagedCheckpoint("it lacks entries that lorasc writes")
+    return Checkpoint(trainable, state, progress)
 
 
 def read_progress(folder: Path) -> dict:
     try:
-        return json.loads((folder / PROGRESS).read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{folder} has no {PROGRESS}: it was written by an older lorasc or is incomplete; start a new run") from None
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{folder / PROGRESS} is not valid JSON ({err}); start a new run") from None
+        progress = json.loads((folder / PROGRESS).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DamagedCheckpoint(f"{PROGRESS}: {' '.join(str(err).split())}") from None
+    if not isinstance(progress, dict):
+        raise DamagedCheckpoint(f"{PROGRESS} is not a JSON object")
+    return progress
 
 
 def load_state(path: Path) -> dict:
     """torch.load with weights_only=True: tensors and plain containers only, so nothing in the file can run."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise CheckpointError(
             f"{path} holds pickled objects other than tensors and plain containers; refused without loading it, since "
             "unpickling them could run code: resume only checkpoints written by lorasc, or start a new run"
         ) from None
+    except (OSError, RuntimeError, EOFError) as err:
+        raise DamagedCheckpoint(f"{STATE}: {' '.join(str(err).split())[:200]}") from None
+    if not isinstance(state, dict):
+        raise DamagedCheckpoint(f"{STATE} is not a dictionary")
+    return state
