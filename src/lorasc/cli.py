@@ -12,59 +12,49 @@ import errno
 import json
 import logging
 import os
+import shutil
 import sys
 import warnings
 from pathlib import Path
 
-import yaml
+from safetensors import SafetensorError
 
-from .config import DEFAULT_EXPERT, EXPERT_INITS, NOISE_KINDS, NOISE_TARGETS, OPTIMIZER_STATE_MODES, LoRASCConfig
-from .data import DATASETS
-from .run_config import DEVICES, DTYPES, RUN_METHODS, TASKS, RunConfig
-from .task import default_targets, model_path
+from .checkpoint import checkpoint_folders, disk_full
+from .config import LoRASCConfig
+from .model_files import check_max_length, check_rank, targeted_shapes, weight_shapes
+from .run_config import RUN_METHODS, TASKS, RunConfig
+from .settings import EXPERT_FLAGS, LORASC_FIELDS, RUN_FLAGS, CliError, resolve, resume_conflict, write_config
 
-# The main job's defaults: a 4-expert cascade over one epoch of 8,000 tweets (about 500 steps).
-DEFAULT_LORASC = {"num_cycles": 4}
-CHOICES = {"dataset": DATASETS, "device": DEVICES, "dtype": tuple(DTYPES), "noise_kind": NOISE_KINDS, "noise_targets": NOISE_TARGETS, "optimizer_state": OPTIMIZER_STATE_MODES, "expert_init": EXPERT_INITS}
-LORASC_FLAGS = {f.name: CHOICES.get(f.name, f.type) for f in dataclasses.fields(LoRASCConfig) if f.name != "expert"}
-EXPERT_FLAGS = {"r": int, "lora_alpha": float, "target_modules": list, "lora_dropout": float, "use_dora": bool, "use_rslora": bool, "init_lora_weights": str}
-RUN_FLAGS = {f.name: CHOICES.get(f.name, f.type) for f in dataclasses.fields(RunConfig) if f.name not in ("method", "task", "seed")}
+WRITE_FIX = {"train": "choose a writable --output-dir", "eval": "copy the run folder somewhere writable and evaluate the copy",
+             "export": "pass --output with a writable folder"}
 
 
-class CliError(Exception):
-    """A problem the user can fix; printed as one line."""
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line, like every other bad input."""
+
+    def error(self, message: str):
+        if message.endswith("expected one argument"):
+            message += " (a value that starts with '-' is written --flag=-1e-3)"
+        raise CliError(f"{message}; see `{self.prog} --help`")
 
 
 def _add_flags(parser: argparse.ArgumentParser, fields: dict, prefix: str = "") -> None:
+    """One flag per field; values stay text here and take the field's type in settings.resolve."""
     for name, kind in fields.items():
         flag = "--" + (prefix + name).replace("_", "-")
         dest = prefix.replace("-", "_") + name
-        if kind in (bool, "bool"):
+        if kind == "bool":
             parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
         elif isinstance(kind, tuple):
             parser.add_argument(flag, dest=dest, choices=kind, default=argparse.SUPPRESS)
-        elif kind is list:
+        elif kind == "list":
             parser.add_argument(flag, dest=dest, nargs="+", default=argparse.SUPPRESS)
         else:
-            parser.add_argument(flag, dest=dest, type=_value_parser(kind), default=argparse.SUPPRESS)
-
-
-def _value_parser(kind):
-    """A parser for a field typed `kind` (a type, or a dataclass annotation string like 'int | None')."""
-    name = kind if isinstance(kind, str) else kind.__name__
-    convert = int if name.startswith("int") else float if name.startswith("float") else str
-
-    def parse(text: str):
-        if text.lower() == "none" and "None" in name:
-            return None
-        return convert(text)
-
-    parse.__name__ = convert.__name__  # argparse names the type in its error message
-    return parse
+            parser.add_argument(flag, dest=dest, default=argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lorasc", description="LoRASC: LoRA Slow Cascade Learning, offline, on CPUs or GPUs (Accelerate).")
+    parser = Parser(prog="lorasc", description="LoRASC: LoRA Slow Cascade Learning, offline, on CPUs or GPUs (Accelerate).")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -77,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", dest="model", default=argparse.SUPPRESS, help="local model folder")
     train.add_argument("--data", dest="train_file", default=argparse.SUPPRESS, help="training CSV/JSONL (alias of --train-file)")
     train.add_argument("--no-progress", action="store_true")
-    _add_flags(train, {k: v for k, v in RUN_FLAGS.items() if k not in ("model",)})
-    _add_flags(train, LORASC_FLAGS)
+    _add_flags(train, RUN_FLAGS)
+    _add_flags(train, LORASC_FIELDS)
     _add_flags(train, EXPERT_FLAGS, prefix="expert_")
 
     evaluate = commands.add_parser("eval", help="re-evaluate the dense model of a finished run")
@@ -88,76 +78,80 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run", type=Path)
     export.add_argument("--rank", type=int, required=True)
     export.add_argument("--output", type=Path, default=None, help="default: RUN/adapter-rK")
+    for command in (train, evaluate, export):
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return parser
 
 
-def resolve(args: argparse.Namespace) -> tuple[RunConfig, LoRASCConfig]:
-    """Defaults < config file < flags, validated by the dataclasses."""
-    run_values, lorasc_values = {}, dict(DEFAULT_LORASC)
-    expert_values = {k: v for k, v in DEFAULT_EXPERT.items() if k != "target_modules"}  # those follow the model
-    if args.config is not None:
-        loaded = _read_config(args.config)
-        run_values.update(loaded.get("run", {}))
-        lorasc_values.update({k: v for k, v in loaded.get("lorasc", {}).items() if k != "expert"})
-        expert_values.update(loaded.get("lorasc", {}).get("expert", {}))
-    flags = vars(args)
-    run_values.update({k: flags[k] for k in [*RUN_FLAGS, "method", "task", "model", "train_file"] if k in flags})
-    lorasc_values.update({k: flags[k] for k in LORASC_FLAGS if k in flags})
-    expert_values.update({k: flags["expert_" + k] for k in EXPERT_FLAGS if "expert_" + k in flags})
-    if "seed" in flags:
-        run_values["seed"] = flags["seed"]
-    run_values.setdefault("seed", lorasc_values.get("seed", 0))
-    run = RunConfig(**run_values)
-    if "target_modules" not in expert_values:
-        expert_values["target_modules"] = default_targets(model_path(run))
-    if "init_lora_weights" in expert_values and expert_values["init_lora_weights"] in ("True", "true"):
-        expert_values["init_lora_weights"] = True
-    return run, LoRASCConfig.from_dict({**lorasc_values, "expert": expert_values})
-
-
-def _read_config(path: Path) -> dict:
-    if not path.is_file():
-        raise CliError(f"config file not found: {path}")
-    try:
-        loaded = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise CliError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}") from err
-    if not isinstance(loaded, dict) or set(loaded) - {"run", "lorasc"}:
-        raise CliError(f"{path} must be a mapping with the sections 'run' and/or 'lorasc'")
-    return loaded
-
-
-def write_config(run_dir: Path, run: RunConfig, config: LoRASCConfig) -> None:
-    (run_dir / "config.yaml").write_text(yaml.safe_dump({"run": dataclasses.asdict(run), "lorasc": config.to_dict()}, sort_keys=False))
-
-
 def command_train(args: argparse.Namespace) -> int:
-    """Every process of a distributed launch runs this; only the main one writes the run's files."""
+    """Every process of a distributed launch runs this; only the main one writes the run's files.
+    The inputs are checked first: a bad one changes no file of the run folder."""
     from .plots import plot_run
+    from .preflight import check_run_inputs
     from .train import make_accelerator, train
 
     if args.resume:
-        if args.output_dir is None or not (args.output_dir / "config.yaml").is_file():
-            raise CliError("--resume needs --output-dir pointing at an earlier run folder (with config.yaml)")
-        if (args.output_dir / "metrics.json").is_file():
-            raise CliError(f"{args.output_dir} is already finished (metrics.json exists); nothing to resume")
-        args.config = args.output_dir / "config.yaml"
+        check_resumable(args)
     run, config = resolve(args)
     run_dir = args.output_dir or Path("runs") / run.method
+    check_output_dir(run_dir, args.resume)
+    check_run_inputs(run, config)
     accelerator = make_accelerator(run)
-    if not args.resume and run_dir.exists() and any(run_dir.iterdir()):
-        raise CliError(f"{run_dir} already holds a run; pass --resume to continue it or --output-dir for a new one")
     accelerator.wait_for_everyone()  # every process has checked the folder before the main one writes to it
-    if accelerator.is_main_process:
+    fresh = not args.resume
+    if accelerator.is_main_process and fresh:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_config(run_dir, run, config)
-    metrics = train(run, config, run_dir, resume=args.resume, progress=not args.no_progress, accelerator=accelerator)
+    try:
+        metrics = train(run, config, run_dir, resume=args.resume, progress=not args.no_progress, accelerator=accelerator)
+    except ValueError:
+        if fresh and accelerator.is_main_process:
+            remove_unstarted(run_dir)
+        raise
+    except (RuntimeError, SafetensorError) as err:
+        raise disk_full(err, run_dir) or err
     if accelerator.is_main_process:
         plot_run(run_dir)
         print(summary_table(metrics))
         print(f"\nrun folder: {run_dir}  (dense model: {run_dir / 'model'}, metrics.json, log.csv, loss.png, metric_per_cycle.png)")
     accelerator.end_training()
     return 0
+
+
+def check_resumable(args: argparse.Namespace) -> None:
+    """A run to resume exists, has not finished, and the flags given change none of its settings."""
+    if args.output_dir is None:
+        raise CliError("--resume needs --output-dir pointing at an earlier run folder (with config.yaml)")
+    if args.config is not None:
+        raise CliError("--config is not allowed with --resume: the run's own config.yaml defines it; drop --config, "
+                       "or start a new run with --config FILE --output-dir NEW")
+    config_file = args.output_dir / "config.yaml"
+    if not config_file.is_file():
+        raise CliError(f"{args.output_dir} holds no run to resume (no config.yaml); start it without --resume")
+    if (args.output_dir / "metrics.json").is_file():
+        raise CliError(f"{args.output_dir} is already finished (metrics.json exists); nothing to resume")
+    args.config = config_file
+    conflict = resume_conflict(args, config_file)
+    if conflict:
+        raise CliError(conflict)
+
+
+def check_output_dir(run_dir: Path, resume: bool) -> None:
+    for folder in (run_dir, *run_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise CliError(f"--output-dir {run_dir} is not allowed: {folder} is a file, not a folder; pass a folder path")
+            break
+    if not resume and run_dir.is_dir() and any(run_dir.iterdir()):
+        raise CliError(f"{run_dir} already holds a run; pass --resume to continue it or --output-dir for a new one")
+
+
+def remove_unstarted(run_dir: Path) -> None:
+    """A fresh run that stopped on bad input before its first checkpoint leaves its folder empty, so
+    that the corrected command can use it (the folder was empty when the run started)."""
+    if run_dir.is_dir() and not checkpoint_folders(run_dir):
+        for path in run_dir.iterdir():
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
 def summary_table(metrics: dict) -> str:
@@ -178,18 +172,28 @@ def summary_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def _finished_run(run_dir: Path) -> tuple[RunConfig, LoRASCConfig]:
-    if not (run_dir / "config.yaml").is_file() or not (run_dir / "model" / "config.json").is_file():
-        raise CliError(f"{run_dir} is not a finished lorasc run (needs config.yaml and model/); run `lorasc train` first")
-    loaded = _read_config(run_dir / "config.yaml")
-    return RunConfig(**loaded["run"]), LoRASCConfig.from_dict(loaded["lorasc"])
+def finished_run(run_dir: Path) -> tuple[RunConfig, LoRASCConfig]:
+    """The settings of a finished run whose dense model is whole."""
+    new_run = f"train again with `lorasc train --config {run_dir / 'config.yaml'} --output-dir NEW`"
+    if not run_dir.is_dir():
+        raise CliError(f"{run_dir} is not a run folder; pass the --output-dir of a finished `lorasc train`")
+    if not (run_dir / "config.yaml").is_file():
+        raise CliError(f"{run_dir} is not a lorasc run (no config.yaml); pass the --output-dir of a finished `lorasc train`")
+    if not (run_dir / "metrics.json").is_file():
+        raise CliError(f"{run_dir} has not finished (no metrics.json); finish it with `lorasc train --resume --output-dir {run_dir}`")
+    if not (run_dir / "model" / "config.json").is_file():
+        raise CliError(f"{run_dir} has no dense model ({run_dir / 'model' / 'config.json'} is missing); restore it from a copy, or {new_run}")
+    run, config = resolve(argparse.Namespace(config=run_dir / "config.yaml"))
+    weight_shapes(run_dir / "model", fix=f"restore it from a copy, or {new_run}")
+    check_max_length(run_dir / "model", run.max_length)
+    return run, config
 
 
 def command_eval(args: argparse.Namespace) -> int:
     from .metrics import evaluate
     from .task import load_model, load_task
 
-    run, _ = _finished_run(args.run)
+    run, _ = finished_run(args.run)
     data = load_task(run)
     model, tokenizer = load_model(dataclasses.replace(run, model=str(args.run / "model")), data.labels)
     results = {split: evaluate(model, tokenizer, examples, run, len(data.labels)) for split, examples in (("test", data.test), ("ood", data.ood))}
@@ -204,25 +208,39 @@ def command_export(args: argparse.Namespace) -> int:
     from .export import export_compressed_between
     from .task import load_model, load_task
 
-    run, config = _finished_run(args.run)
+    run, config = finished_run(args.run)
     if args.rank < 1:
         raise CliError(f"--rank {args.rank} is not allowed: an integer >= 1")
+    check_rank(targeted_shapes(weight_shapes(args.run / "model"), config.expert.target_modules), args.rank, "--rank")
+    out = args.output or args.run / f"adapter-r{args.rank}"
+    check_export_folder(out)
     run = dataclasses.replace(run, dtype="float32")  # the delta of low-precision weights is exact in float32
     labels = load_task(run).labels
     tuned = load_model(dataclasses.replace(run, model=str(args.run / "model")), labels)[0]
     base = load_model(run, labels)[0]
     expert = dataclasses.replace(config.expert, r=args.rank, use_dora=False, task_type="SEQ_CLS" if run.task == "classification" else "CAUSAL_LM")
-    out = args.output or args.run / f"adapter-r{args.rank}"
     errors = export_compressed_between(tuned, base, expert, out, args.rank)
     mean = sum(errors.values()) / len(errors)
     print(f"wrote {out}: rank {args.rank}, relative reconstruction error mean {mean:.4f}, max {max(errors.values()):.4f} (per layer in compression.json)")
     return 0
 
 
+def check_export_folder(out: Path) -> None:
+    """An export writes into a new folder or over an earlier export, never over other files (the run's model)."""
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--output {out} is a file; pass a folder path")
+    if out.is_dir() and any(out.iterdir()) and not (out / "compression.json").is_file():
+        raise CliError(f"--output {out} already holds other files; pass a new folder")
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except CliError as err:
+        print(f"lorasc: error: {err}", file=sys.stderr)
+        return 2
     if not args.debug:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -239,15 +257,15 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, ValueError, OSError) as err:
         if args.debug:
             raise
-        print(f"lorasc: error: {_one_line(err)}", file=sys.stderr)
+        print(f"lorasc: error: {_one_line(err, args.command)}", file=sys.stderr)
         return 2
 
 
-def _one_line(err: Exception) -> str:
+def _one_line(err: Exception, command: str) -> str:
     if isinstance(err, OSError) and err.errno == errno.ENOSPC:
         return f"no space left on the device while writing {err.filename or 'the run folder'}; free space, then rerun with --resume (the last good checkpoint is kept)"
-    if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EROFS):
-        return f"cannot write {err.filename}: {err.strerror}; choose a writable --output-dir"
+    if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+        return f"cannot write {err.filename}: {err.strerror}; {WRITE_FIX[command]}"
     return " ".join(str(err).split())
 
 

@@ -1,0 +1,178 @@
+"""A run's settings: built-in defaults < `--config FILE` (YAML or JSON) < flags.
+
+Every value, from a flag or a file, is converted by the type of its dataclass field, not by the YAML
+parser's guess (`lr: 1e-3` is a string to PyYAML) nor taken as it comes: numbers must be finite,
+and an unknown key or a value of the wrong kind is refused as `<field>=<value> is not allowed: <what is>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import yaml
+
+from .config import DEFAULT_EXPERT, EXPERT_INITS, NOISE_KINDS, NOISE_TARGETS, OPTIMIZER_STATE_MODES, LoRASCConfig, require
+from .data import DATASETS
+from .run_config import DEVICES, DTYPES, RUN_METHODS, TASKS, RunConfig
+from .task import default_targets, model_path
+
+# The main job's defaults: a 4-expert cascade over one epoch of 8,000 tweets (about 500 steps).
+DEFAULT_LORASC = {"num_cycles": 4}
+CHOICES = {"method": RUN_METHODS, "task": TASKS, "dataset": DATASETS, "device": DEVICES, "dtype": tuple(DTYPES), "noise_kind": NOISE_KINDS,
+           "noise_targets": NOISE_TARGETS, "optimizer_state": OPTIMIZER_STATE_MODES, "expert_init": EXPERT_INITS}
+RUN_FIELDS = {f.name: CHOICES.get(f.name, f.type) for f in dataclasses.fields(RunConfig)}
+LORASC_FIELDS = {f.name: CHOICES.get(f.name, f.type) for f in dataclasses.fields(LoRASCConfig) if f.name != "expert"}
+EXPERT_FLAGS = {"r": "int", "lora_alpha": "float", "target_modules": "list", "lora_dropout": "float", "use_dora": "bool", "use_rslora": "bool",
+                "init_lora_weights": "bool | str"}
+EXPERT_FIELDS = {**EXPERT_FLAGS, "modules_to_save": "list | None", "task_type": "str | None"}
+RUN_FLAGS = {name: kind for name, kind in RUN_FIELDS.items() if name not in ("method", "task", "seed", "model")}  # those have their own flags
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed as one line."""
+
+
+def resolve(args: argparse.Namespace) -> tuple[RunConfig, LoRASCConfig]:
+    """Defaults < config file < flags, typed by the dataclass fields and validated by the dataclasses."""
+    run_values, lorasc_values = {}, dict(DEFAULT_LORASC)
+    expert_values = {k: v for k, v in DEFAULT_EXPERT.items() if k != "target_modules"}  # those follow the model
+    if args.config is not None:
+        loaded = read_config(args.config)
+        run_values.update(loaded["run"])
+        lorasc_values.update({k: v for k, v in loaded["lorasc"].items() if k != "expert"})
+        expert_values.update(loaded["lorasc"].get("expert", {}))
+    flags = vars(args)
+    run_values.update(typed("run", {k: flags[k] for k in RUN_FIELDS if k in flags}, RUN_FIELDS))
+    lorasc_values.update(typed("lorasc", {k: flags[k] for k in LORASC_FIELDS if k in flags}, LORASC_FIELDS))
+    expert_values.update(typed("expert", {k: flags["expert_" + k] for k in EXPERT_FLAGS if "expert_" + k in flags}, EXPERT_FIELDS))
+    if "seed" in flags:
+        run_values["seed"] = lorasc_values["seed"]
+    run_values.setdefault("seed", lorasc_values.get("seed", 0))
+    run = RunConfig(**run_values)
+    if "target_modules" not in expert_values:
+        expert_values["target_modules"] = default_targets(model_path(run))
+    dropout = expert_values.get("lora_dropout", 0.0)
+    require(0.0 <= dropout < 1.0, "expert.lora_dropout", dropout, "a float in [0, 1)")  # torch would refuse it only when building the model
+    return run, LoRASCConfig.from_dict({**lorasc_values, "expert": expert_values})
+
+
+def read_config(path: Path) -> dict:
+    """A config file's 'run' and 'lorasc' sections (each possibly empty), typed."""
+    if not path.is_file():
+        raise CliError(f"config file not found: {path}; pass an existing .yaml or .json file (RUN/config.yaml works)")
+    kind = "JSON" if path.suffix == ".json" else "YAML"
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+        loaded = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as err:
+        raise CliError(f"{path} is not valid {kind} text ({' '.join(str(err).split())[:160]}); fix it or write it again") from None
+    if not isinstance(loaded, dict) or not loaded or set(loaded) - {"run", "lorasc"}:
+        raise CliError(f"{path} must be a mapping with the sections 'run' and/or 'lorasc' (see RUN/config.yaml of any run); fix its top level")
+    lorasc = section(loaded, "lorasc")
+    expert = typed("lorasc.expert", section(lorasc, "expert"), EXPERT_FIELDS)
+    return {"run": typed("run", section(loaded, "run"), RUN_FIELDS), "lorasc": {**typed("lorasc", lorasc, LORASC_FIELDS, {"expert"}), "expert": expert}}
+
+
+def section(loaded: dict, name: str) -> dict:
+    values = loaded.get(name) or {}
+    require(isinstance(values, dict), name, values, "a mapping of settings")
+    return values
+
+
+def typed(where: str, values: dict, kinds: dict, nested: set = frozenset()) -> dict:
+    unknown = sorted(set(values) - set(kinds) - nested)
+    require(not unknown, f"{where} keys", unknown, f"keys among {sorted(kinds)}")
+    return {name: value if name in nested else coerce(name if where in ("run", "lorasc") else f"expert.{name}", value, kinds[name])
+            for name, value in values.items()}
+
+
+def coerce(name: str, value, kind):
+    """`value` (a flag's text, or what a config file holds) as the field's type."""
+    if isinstance(kind, tuple):
+        require(value in kind, name, value, f"one of {kind}")
+        return value
+    if value is None or (isinstance(value, str) and value.lower() == "none"):
+        require("None" in kind, name, value, f"a value, not None ({kind})")
+        return None
+    base = kind.split(" |")[0].split("[")[0] if isinstance(kind, str) else kind.__name__
+    convert = {"int": _as_int, "float": _as_float, "bool": _as_bool, "list": _as_list, "str": _as_str}[base]
+    if "bool" in kind and "str" in kind:
+        convert = _as_bool_or_str
+    converted = convert(value)
+    require(converted is not _INVALID, name, value, _KIND_NAMES[convert])
+    return converted
+
+
+_INVALID = object()
+
+
+def _as_int(value):
+    if isinstance(value, bool):
+        return _INVALID
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else _INVALID
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return _INVALID
+
+
+def _as_float(value):
+    if isinstance(value, bool):
+        return _INVALID
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return _INVALID
+    return number if math.isfinite(number) else _INVALID
+
+
+def _as_bool(value):
+    return value if isinstance(value, bool) else _INVALID
+
+
+def _as_list(value):
+    if isinstance(value, str):
+        return value  # PEFT reads a string of target modules as a regex
+    return list(value) if isinstance(value, list) and all(isinstance(v, str) for v in value) else _INVALID
+
+
+def _as_str(value):
+    return value if isinstance(value, str) else _INVALID
+
+
+def _as_bool_or_str(value):
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return value if isinstance(value, (bool, str)) else _INVALID
+
+
+_KIND_NAMES = {_as_int: "an integer", _as_float: "a finite number", _as_bool: "true or false", _as_list: "a list of names",
+               _as_str: "text", _as_bool_or_str: "true, false or a name"}
+
+
+def write_config(run_dir: Path, run: RunConfig, config: LoRASCConfig) -> None:
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"run": dataclasses.asdict(run), "lorasc": config.to_dict()}, sort_keys=False))
+
+
+def resume_conflict(args: argparse.Namespace, config_file: Path) -> str | None:
+    """On resume: the first flag whose value differs from the run's config.yaml, with what to do instead."""
+    stored, wanted = _flat(*resolve(argparse.Namespace(config=config_file))), _flat(*resolve(args))
+    for name, value in wanted.items():
+        if stored.get(name) != value:
+            flag = "--data" if name == "train_file" else "--" + name.replace("_", "-")
+            given = f"{flag} {' '.join(map(str, value)) if isinstance(value, list) else value}"
+            return (f"{given} changes this run's {name.replace('expert_', 'expert.')}={stored.get(name)!r} ({config_file}); a resumed run keeps "
+                    f"its settings: drop {flag} to resume, or start a new run with --config {config_file} --output-dir NEW {given}")
+    return None
+
+
+def _flat(run: RunConfig, config: LoRASCConfig) -> dict:
+    """Every setting by the name of its flag (without --): run and method settings, and the expert's as expert_<name>."""
+    method = config.to_dict()
+    expert = method.pop("expert")
+    return {**dataclasses.asdict(run), **method, **{f"expert_{k}": v for k, v in expert.items()}}
