@@ -1,92 +1,159 @@
-"""The benchmark harness (benchmarks/run.py): planning on synthetic results, and a tiny sweep through the
-real subprocess path into a temporary folder, then the report generated from it."""
+"""The benchmark package (python -m benchmarks): the planner on synthetic results (grids extended at
+their edge, choices on validation averaged over seeds, finalists' seeds), the paired intervals and
+their verdicts, the report rendered from its templates, and a tiny sweep through real subprocesses."""
 
 import dataclasses
-import importlib.util
 import json
-import sys
-from pathlib import Path
+import math
 
 import pytest
+from bench_fakes import fake_result, install, settle
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+from benchmarks import __main__ as cli
+from benchmarks.planner import PLANS, Board, chosen_lrs, protocol_entries
+from benchmarks.protocol import ENTRIES, FULL, QUICK
+from benchmarks.runner import read_results
+from benchmarks.stats import paired
 
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_run", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through it
-    spec.loader.exec_module(module)
-    return module
+T_975_2 = 4.302652729911275  # Student's t, 97.5th percentile, 2 degrees of freedom
 
 
-def fake_result(spec, accuracy):
-    metrics = {"accuracy": accuracy, "macro_f1": accuracy, "loss": 1.0}
-    return {**{k: spec[k] for k in ("key", "kind", "group", "method", "lr", "seed")}, "test": metrics, "ood": metrics,
-            "train": metrics, "seconds_per_step": 0.5, "peak_rss_mb": 1000.0, "trainable_params": 1, "log": []}
+def tiny(**changes):
+    fields = {"labels": ("LoRA",), "grids": {"wide": (1e-3, 3e-3)}, "select_seeds": (0, 1), "final_seeds": 5, "finalists": ("LoRA",),
+              "rivals": ("LoRA",), "max_extensions": 2}
+    return dataclasses.replace(QUICK, **{**fields, **changes})
 
 
-def test_plans_follow_the_grid(bench):
-    full = bench.FULL
-    plan = bench.plan_grid(full, [])
-    borrowed = [m for m, method in bench.METHODS.items() if not isinstance(method.lrs, str)]
-    assert {s["method"] for s in plan} == set(full.methods) - set(borrowed)  # borrowed LRs are not known yet
-    assert "LoRASC tuned" not in full.methods  # the study's setting: measured by the study and the second task
-    assert sorted(s["lr"] for s in plan if s["method"] == "LoRASC") == list(full.grids["wide"])
-    assert all(round(max(g) / min(g)) >= 30 and len(g) >= 4 for g in full.grids.values())  # every grid: 4 LRs over 30×
-    assert all(s["run"]["n_train"] == full.steps * bench.BATCH for s in plan)
-    assert bench.plan_at_best(full, [], "seeds", full.finalists, full.extra_seeds) == []
-
-    # LoRASC is best at the highest LR, everything else at the lowest: the borrowed runs follow.
-    results = [fake_result(s, s["lr"] if s["method"] == "LoRASC" else 1 - s["lr"]) for s in plan]
-    by_key = {s["key"]: s for s in bench.plan_grid(full, results)}
-    assert bench.best_lr(full, "LoRASC", results) == max(full.grids["wide"])
-    assert "grid/NoisyTune/lr=0.0002/seed=0" in by_key  # LoRA's best
-    assert {s["lr"] for s in by_key.values() if s["method"] == "LoRASC+LoRA+"} == {6e-3, min(full.grids["fast"])}
-    seeds = bench.plan_at_best(full, results, "seeds", full.finalists, full.extra_seeds)
-    assert len(seeds) == len(full.finalists) * len(full.extra_seeds)
+def peaked_at(peak):
+    """Accuracy that falls off with the LR's distance (in decades) from `peak`."""
+    return lambda spec, split: 0.8 - 0.05 * abs(math.log10(spec["lr"] / peak))
 
 
-def test_headline_needs_more_than_the_seed_spread(bench):
-    def row(values):
-        return {"seeds": list(range(len(values))), "test_accuracy": bench.stats(values)}
+def settle_groups(p, groups, accuracy, with_val=True):
+    return settle(lambda board: [spec for group in groups for spec in PLANS[group](p, board)], accuracy, with_val)
 
-    main = {"LoRA": row([0.70, 0.71, 0.72]), "DoRA": row([0.69, 0.70, 0.71]), "LoRASC": row([0.705, 0.715, 0.725])}
-    h = bench.headline(main, "test")
-    assert h["rival"] == "LoRA" and h["verdict"] == "a tie within the seed spread"
-    main["LoRASC"] = row([0.75, 0.76, 0.77])
-    assert bench.headline(main, "test")["verdict"] == "LoRASC better"
-    main["LoRA+"] = row([0.90])  # one lucky seed is not a rival's best: the seeded rivals are compared
-    assert bench.headline(main, "test")["rival"] == "LoRA"
+
+def chosen_and_grid(board, p):
+    lrs = sorted({r["lr"] for r in board.finished.values() if r["seed"] == 0})
+    return chosen_lrs(p, protocol_entries(p), board)["LoRA"], lrs
+
+
+def test_first_plan_is_the_grid_over_the_selection_seeds():
+    p, board = tiny(), Board([])
+    assert {(s["lr"], s["seed"]) for s in PLANS["grid"](p, board)} == {(1e-3, 0), (1e-3, 1), (3e-3, 0), (3e-3, 1)}
+    assert PLANS["seeds"](p, board) == []  # no LR chosen yet
+    spec = PLANS["grid"](p, board)[0]
+    assert spec["run"]["split_seed"] == 0 and spec["run"]["n_val"] == QUICK.task.n_val and spec["lorasc"]["seed"] == spec["seed"]
+    full = PLANS["grid"](FULL, board)
+    assert {s["label"] for s in full} == {label for label in FULL.labels if isinstance(ENTRIES[label].lrs, str)}  # borrowed LRs wait
+
+
+@pytest.mark.parametrize("peak, chosen, lrs", [
+    (9e-3, 9e-3, [1e-3, 3e-3, 9e-3, 2.7e-2]),  # best at the top edge: ×3, then ×3 again, then inside
+    (3.3e-4, 3.3e-4, [1.1e-4, 3.3e-4, 1e-3, 3e-3]),  # bottom edge: ÷3 twice
+    (2e-3, 3e-3, [1e-3, 3e-3, 9e-3]),  # one step up is enough
+    (1.0, 2.7e-2, [1e-3, 3e-3, 9e-3, 2.7e-2]),  # still at the edge when the limit (2 extensions) is hit
+])
+def test_a_best_lr_at_the_edge_extends_the_grid(peak, chosen, lrs):
+    board = settle_groups(tiny(), ["grid"], peaked_at(peak))
+    assert chosen_and_grid(board, tiny()) == (chosen, lrs)
+
+
+def test_finalists_run_five_seeds_at_the_chosen_lr():
+    p = tiny()
+    board = settle_groups(p, ["grid", "seeds"], peaked_at(2e-3))
+    at_chosen = sorted(r["seed"] for r in board.finished.values() if r["lr"] == 3e-3)
+    assert at_chosen == [0, 1, 2, 3, 4]  # seeds 0 and 1 are the grid's runs
+    assert all(r["seed"] in p.select_seeds for r in board.finished.values() if r["lr"] != 3e-3)
+
+
+def test_the_choice_is_on_validation_averaged_over_seeds():
+    def accuracy(spec, split):
+        if spec["lr"] == 1e-3:  # one lucky seed on validation, and the best test split
+            return {"val": (0.9, 0.5)[spec["seed"]], "test": 0.95}.get(split, 0.6)
+        return {"val": 0.75, "test": 0.6}.get(split, 0.6)
+
+    p = tiny(max_extensions=0)
+    assert chosen_and_grid(settle_groups(p, ["grid"], accuracy), p)[0] == 3e-3  # 0.75 > mean(0.9, 0.5)
+    board = settle_groups(p, ["grid"], accuracy, with_val=False)  # lorasc without the fixed split: chosen on test
+    assert board.split == "test" and chosen_and_grid(board, p)[0] == 1e-3
+
+
+def test_failed_runs_are_tried_and_do_not_block_the_choice():
+    p = tiny(max_extensions=0)
+    results = [fake_result(s, peaked_at(2e-3)) for s in PLANS["grid"](p, Board([]))]
+    results[0] = {**{k: results[0][k] for k in ("key", "kind", "group", "label", "lr", "seed")}, "error": "boom"}
+    assert chosen_lrs(p, protocol_entries(p), Board(results))["LoRA"] == 3e-3
+
+
+@pytest.mark.parametrize("theirs, verdict", [(0.72, "ties"), (0.70, "beats"), (0.78, "loses")])
+def test_paired_difference_has_the_t_interval(theirs, verdict):
+    ours = {0: 0.73, 1: 0.74, 2: 0.75, 3: 0.99}  # seed 3 has no partner: left out
+    c = paired(ours, {seed: theirs for seed in range(3)})
+    half = T_975_2 * 0.01 / math.sqrt(3)  # the differences' std is 0.01 whatever `theirs`
+    assert c["seeds"] == [0, 1, 2] and c["diff"] == pytest.approx(0.74 - theirs)
+    assert (c["low"], c["high"]) == pytest.approx((0.74 - theirs - half, 0.74 - theirs + half))
+    assert c["verdict"] == verdict
+
+
+def test_one_paired_seed_gives_no_interval():
+    c = paired({0: 0.8}, {0: 0.7, 1: 0.7})
+    assert c["diff"] == pytest.approx(0.1) and c["low"] is None and c["verdict"] == "undecided"
+
+
+def lorasc_ahead(spec, split):
+    noise = 0.002 * ((spec["seed"] * 7) % 3)
+    return 0.7 + (0.03 if spec["label"] == "LoRASC" else 0.0) + noise - 0.01 * abs(math.log10(spec["lr"] / 4e-3))
+
+
+def test_quick_report_from_templates(tmp_path, monkeypatch):
+    given = install(monkeypatch, lorasc_ahead, fail=lambda spec: spec["group"] == "rank1")
+    cli.main(["--quick", "--results-dir", str(tmp_path), "--jobs", "2"])
+    results = read_results(tmp_path / "quick-a.jsonl")
+    assert {r["group"] for r in results} == {"main", "long", "rank1", "latency"} and any("error" in r for r in results)
+    assert all(s["run"]["device"] == "auto" for s in given)
+    markdown = (tmp_path / "quick.md").read_text()
+    assert "**ID: LoRASC beats LoRA** by +3.0 points (95 % CI +3.0 to +3.0, paired over 2 seeds)" in markdown
+    assert "made on validation accuracy averaged over the selection seeds" in markdown and "## Failed runs" in markdown
+    assert "${" not in markdown and "Quick smoke-test mode" in markdown
+    for plot in ("quick-a_main.png", "quick-a_lr.png", "quick-a_long.png", "quick-a_cost.png"):
+        assert (tmp_path / plot).stat().st_size > 1000 and plot in markdown
+    assert json.loads((tmp_path / "quick-a.json").read_text())["headline"]["test"]["baseline"]["verdict"] == "beats"
+
+    before = len(given)
+    cli.main(["--quick", "--results-dir", str(tmp_path)])  # a rerun retries the failed run only
+    assert [s["key"] for s in given[before:]] == ["rank1/LoRASC/lr=0.004/seed=0"]
+
+
+def test_report_says_when_choices_were_made_on_test(tmp_path, monkeypatch):
+    install(monkeypatch, lorasc_ahead, with_val=False)
+    cli.main(["--quick", "--results-dir", str(tmp_path), "--only", "grid"])
+    markdown = (tmp_path / "quick.md").read_text()
+    assert "These results have no validation split" in markdown and "Every choice (learning rate" not in markdown
+
+
+def test_report_writes_nothing_without_results(tmp_path):
+    cli.main(["--report", "--results-dir", str(tmp_path)])
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow
-def test_tiny_sweep_through_subprocesses_and_report(bench, tmp_path):
-    tiny = dataclasses.replace(bench.QUICK, name="tiny", steps=4, n_test=16, n_ood=16, grids={"wide": (2e-3,)},
-                               long_methods=(), rank1_methods=(), latency_passes=2)
-    bench.sweep(tiny, ["grid", "latency"], tmp_path)
-    lines = [json.loads(line) for line in (tmp_path / "tiny.jsonl").read_text().splitlines()]
-    assert [r["key"] for r in lines] == ["grid/LoRA/lr=0.002/seed=0", "grid/LoRASC/lr=0.002/seed=0", "latency"]
+def test_tiny_sweep_through_subprocesses(tmp_path, monkeypatch):
+    task = dataclasses.replace(QUICK.task, n_train=64, n_val=16, n_test=16, n_ood=16)
+    p = dataclasses.replace(QUICK, task=task, grids={"wide": (2e-3,)}, final_seeds=2, groups=("grid", "seeds", "latency"), latency_passes=2)
+    monkeypatch.setattr(cli, "QUICK", p)
+    cli.main(["--quick", "--results-dir", str(tmp_path), "--jobs", "2"])
+    lines = read_results(tmp_path / "quick-a.jsonl")
+    assert sorted(r["key"] for r in lines) == ["latency", "main/LoRA/lr=0.002/seed=0", "main/LoRA/lr=0.002/seed=1",
+                                               "main/LoRASC/lr=0.002/seed=0", "main/LoRASC/lr=0.002/seed=1"]
     assert not [r["error"] for r in lines if "error" in r]
-    lora, lorasc, latency = lines
-    assert lora["method"] == "LoRA" and lorasc["cycles"] == 2 and lora["cycles"] == 1
-    for r in (lora, lorasc):
-        assert 0 <= r["test"]["accuracy"] <= 1 and 0 <= r["ood"]["macro_f1"] <= 1
-        assert r["seconds_per_step"] > 0 and r["peak_rss_mb"] > 100 and r["environment"]["threads"] == bench.THREADS
-    assert 0 < lora["delta_effective_rank"] <= 8 and 0 < lorasc["delta_effective_rank"] <= 16  # rank ≤ r, ≤ T·r
-    assert set(latency["latency"]["ratio"]) == {"base", "dense", "adapter"}
-    assert latency["latency"]["max_abs_logit_diff_dense_vs_adapter"] < 1e-3  # the stacked adapter is exact
+    by_key = {r["key"]: r for r in lines}
+    lorasc, lora = by_key["main/LoRASC/lr=0.002/seed=0"], by_key["main/LoRA/lr=0.002/seed=0"]
+    assert lorasc["cycles"] == 2 and lora["cycles"] == 1 and lora["method"] == "lora"
+    assert 0 <= lora["test"]["accuracy"] <= 1 and lora["seconds_per_step"] > 0 and lora["environment"]["threads"] == 2
+    assert by_key["latency"]["latency"]["max_abs_logit_diff_dense_vs_adapter"] < 1e-3  # the stacked adapter is exact
 
-    bench.sweep(tiny, ["grid", "latency"], tmp_path)  # resume: everything is there, nothing reruns
-    assert len((tmp_path / "tiny.jsonl").read_text().splitlines()) == 3
-
-    summary = bench.write_report(tiny, tmp_path, tmp_path / "tiny.md")
-    assert set(summary["main"]) == {"LoRA", "LoRASC"} and summary["best_lr"] == {"LoRA": 2e-3, "LoRASC": 2e-3}
-    assert summary["cost"]["LoRA"]["step_ratio"] == 1.0
-    assert json.loads((tmp_path / "tiny.json").read_text())["headline"]["test"]["rival"] == "LoRA"
-    markdown = (tmp_path / "tiny.md").read_text()
-    for text in ("## Headline", "| LoRASC | 0.002 | 1 |", "step time / LoRA", "forward latency / base", "torch 2."):
-        assert text in markdown
-    for plot in ("tiny_lr.png", "tiny_main.png", "tiny_cost.png"):
-        assert (tmp_path / plot).stat().st_size > 1000 and plot in markdown
+    cli.main(["--quick", "--results-dir", str(tmp_path)])  # resume: everything is there, nothing reruns
+    assert len(read_results(tmp_path / "quick-a.jsonl")) == 5
+    markdown = (tmp_path / "quick.md").read_text()
+    assert "LoRASC" in markdown and "forward latency / base" in markdown and "torch 2." in markdown

