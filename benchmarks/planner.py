@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import statistics
 
-from .protocol import ENTRIES, LR_STEP, Entry, Protocol, latency_spec, round_lr, run_key, train_spec
+from .protocol import ENTRIES, LR_STEP, Entry, Protocol, Regime, latency_spec, round_lr, run_key, train_spec
 
 MAIN = "main"  # the group of the grid and finalist runs: a finalist's seed 0 is its grid run
 
@@ -95,11 +95,10 @@ def finalist_specs(p: Protocol, entries: dict[str, Entry], finalists, board: Boa
             for seed in range(p.final_seeds) for label in finalists if label in chosen]
 
 
-def at_chosen_specs(p: Protocol, board: Board, group: str, labels, **setting) -> list[dict]:
-    """One run of each of `labels` at its chosen LR, in another setting (a regime, a rank)."""
+def at_chosen_specs(p: Protocol, board: Board, group: str, labels, regime: Regime | None = None, rank: int | None = None) -> list[dict]:
+    """One run of each of `labels` at its chosen LR, in another regime or at another rank."""
     chosen = chosen_lrs(p, protocol_entries(p), board)
-    regime = setting.pop("regime", p.regime)
-    return [train_spec(p.task, regime, group, label, ENTRIES[label], chosen[label], p.select_seeds[0], **setting)
+    return [train_spec(p.task, regime or p.regime, group, label, ENTRIES[label], chosen[label], p.select_seeds[0], rank)
             for label in labels if label in chosen]
 
 

@@ -154,7 +154,7 @@ STUDIES = {
     SMALL_DATA.name: Study((0.5, 1.0), {label: FACTORS[label] for label in ("λ=0", "state=prune", "LoRA+ ×16, LR ÷3")}),
 }
 STUDY_REGIMES = {regime.name: regime for regime in (ONE_EPOCH, SMALL_DATA)}
-QUICK_STUDIES = {"a": Study((0.5, 1.0), {"λ=0": {"noise_lambda": 0.0}}), "b": Study((1.0,), {"λ=0": {"noise_lambda": 0.0}})}
+QUICK_STUDIES = {"a": Study((0.5, 1.0), {"λ=0": FACTORS["λ=0"]}), "b": Study((1.0,), {"λ=0": FACTORS["λ=0"]})}
 QUICK_REGIMES = {"a": QUICK.regime, "b": dataclasses.replace(SMALL_DATA, n_train=48, epochs=3, num_cycles=None)}
 
 

@@ -76,10 +76,6 @@ def image(path: Path, folder: Path, alt: str) -> str:
     return f"![{alt}]({link(path, folder)})"
 
 
-def section(parts: dict[str, str], name: str, present, **values) -> str:
-    return fill(parts[name], **values) if present else parts["none"]
-
-
 def machine(env: dict) -> str:
     gpu = f", GPU {env['gpu']}" if env.get("gpu") else ", no GPU"
     return f"{env.get('cores', '?')} CPU cores ({env.get('cpu', '?')}){gpu}; Python {env.get('python', '?')}, torch {env.get('torch', '?')}, " \
@@ -89,23 +85,34 @@ def machine(env: dict) -> str:
 def render(p: Protocol, s: dict, prefix: Path, folder: Path, quick: bool) -> str:
     """The benchmark report; its PNGs are written next to `prefix` and linked from `folder`."""
     main, parts = fragments("report.md")
-    png = {name: prefix.with_name(f"{prefix.name}_{name}.png") for name in ("main", "lr", "long", "cost")}
-    values = protocol_values(p)
     load = s["load_average_median"]
     return fill(
-        main, **headline(p, s), results=p.name, quick_note=parts["quick"] if quick else "", machine=machine(s["environment"]),
-        threads=THREADS, load="—" if load is None else f"{load:.2f}", runs=s["runs"], minutes=f"{s['sweep_minutes']:.0f}",
-        protocol=fill(parts["protocol"], **values), main_table=main_table(s), final_seeds=p.final_seeds, select_count=len(p.select_seeds),
-        main_plot=image(plots.chosen_bars(s, png["main"]), folder, "accuracy at the chosen LR") if s["rows"] else "",
-        long_section=section(parts, "long", s["long"], long_title=p.long.title if p.long else "", table=s["long"] and long_table(s),
-                             plot=s["long"] and image(plots.long_curves(s, png["long"]), folder, "test accuracy per epoch")),
-        grid_section=section(parts, "grids", s["grids"], selection=SPLIT_NAMES[s["selection_split"]], table=s["grids"] and grid_table(s),
-                             plot=s["grids"] and image(plots.lr_curves(s, png["lr"]), folder, "accuracy per learning rate")),
-        rank1_section=section(parts, "rank1", s["rank1"], rank=values["rank"], table=s["rank1"] and rank1_table(s, values["rank"])),
-        cost_section=section(parts, "cost", s["cost"], table=s["cost"] and cost_table(s), latency=latency_text(parts, s, p),
-                             plot=s["cost"] and image(plots.cost_bars(s, png["cost"]), folder, "cost ratios")),
+        main, **headline(p, s), **sections(p, s, parts, prefix, folder), results=p.name, quick_note=parts["quick"] if quick else "",
+        machine=machine(s["environment"]), threads=THREADS, load="—" if load is None else f"{load:.2f}", runs=s["runs"],
+        minutes=f"{s['sweep_minutes']:.0f}", protocol=fill(parts["protocol"], **protocol_values(p)), main_table=main_table(s),
+        final_seeds=p.final_seeds, select_count=len(p.select_seeds),
+        main_plot=image(plots.chosen_bars(s, png(prefix, "main")), folder, "accuracy at the chosen LR") if s["rows"] else "",
         failures=fill(parts["failures"], table=failures_table(s)) if s["failures"] else "",
     )
+
+
+def png(prefix: Path, name: str) -> Path:
+    return prefix.with_name(f"{prefix.name}_{name}.png")
+
+
+def sections(p: Protocol, s: dict, parts: dict[str, str], prefix: Path, folder: Path) -> dict[str, str]:
+    """Sections 2 to 5: each summary part through its fragment, or the "none" fragment while it has no results."""
+    rank = DEFAULT_EXPERT["r"]
+    makers = {
+        "long": lambda: {"long_title": p.long.title, "table": long_table(s),
+                         "plot": image(plots.long_curves(s, png(prefix, "long")), folder, "test accuracy per epoch")},
+        "grids": lambda: {"selection": SPLIT_NAMES[s["selection_split"]], "table": grid_table(s),
+                          "plot": image(plots.lr_curves(s, png(prefix, "lr")), folder, "accuracy per learning rate")},
+        "rank1": lambda: {"rank": rank, "table": rank1_table(s, rank)},
+        "cost": lambda: {"table": cost_table(s), "latency": latency_text(parts, s, p),
+                         "plot": image(plots.cost_bars(s, png(prefix, "cost")), folder, "cost ratios")},
+    }
+    return {f"{name}_section": fill(parts[name], **values()) if s[name] else parts["none"] for name, values in makers.items()}
 
 
 def latency_text(parts: dict[str, str], s: dict, p: Protocol) -> str:
