@@ -7,23 +7,24 @@ resolved settings are written to RUN/config.yaml, which `--config` accepts to re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import json
 import logging
 import os
-import shutil
 import sys
 import warnings
 from pathlib import Path
 
 from safetensors import SafetensorError
 
-from .checkpoint import checkpoint_folders, disk_full
+from .checkpoint import disk_full
 from .config import LoRASCConfig
-from .model_files import check_max_length, check_rank, targeted_shapes, weight_shapes
+from .model_files import check_rank, targeted_shapes, weight_shapes
 from .run_config import RUN_METHODS, TASKS, RunConfig
-from .settings import EXPERT_FLAGS, LORASC_FIELDS, RUN_FLAGS, CliError, resolve, resume_conflict, write_config
+from .run_folder import check_export_folder, check_output_dir, check_resumable, finished_run, remove_unstarted, run_lock
+from .settings import EXPERT_FLAGS, LORASC_FIELDS, RUN_FLAGS, CliError, resolve, write_config
 
 WRITE_FIX = {"train": "choose a writable --output-dir", "eval": "copy the run folder somewhere writable and evaluate the copy",
              "export": "pass --output with a writable folder"}
@@ -88,7 +89,7 @@ def command_train(args: argparse.Namespace) -> int:
     The inputs are checked first: a bad one changes no file of the run folder."""
     from .plots import plot_run
     from .preflight import check_run_inputs
-    from .train import make_accelerator, train
+    from .train import make_accelerator
 
     if args.resume:
         check_resumable(args)
@@ -98,19 +99,12 @@ def command_train(args: argparse.Namespace) -> int:
     check_run_inputs(run, config)
     accelerator = make_accelerator(run)
     accelerator.wait_for_everyone()  # every process has checked the folder before the main one writes to it
-    fresh = not args.resume
-    if accelerator.is_main_process and fresh:
+    main = accelerator.is_main_process
+    if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(run_dir, run, config)
-    try:
-        metrics = train(run, config, run_dir, resume=args.resume, progress=not args.no_progress, accelerator=accelerator)
-    except ValueError:
-        if fresh and accelerator.is_main_process:
-            remove_unstarted(run_dir)
-        raise
-    except (RuntimeError, SafetensorError) as err:
-        raise disk_full(err, run_dir) or err
-    if accelerator.is_main_process:
+    with run_lock(run_dir) if main else contextlib.nullcontext():
+        metrics = _train_into(run_dir, run, config, args, accelerator)
+    if main:
         plot_run(run_dir)
         print(summary_table(metrics))
         print(f"\nrun folder: {run_dir}  (dense model: {run_dir / 'model'}, metrics.json, log.csv, loss.png, metric_per_cycle.png)")
@@ -118,40 +112,20 @@ def command_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_resumable(args: argparse.Namespace) -> None:
-    """A run to resume exists, has not finished, and the flags given change none of its settings."""
-    if args.output_dir is None:
-        raise CliError("--resume needs --output-dir pointing at an earlier run folder (with config.yaml)")
-    if args.config is not None:
-        raise CliError("--config is not allowed with --resume: the run's own config.yaml defines it; drop --config, "
-                       "or start a new run with --config FILE --output-dir NEW")
-    config_file = args.output_dir / "config.yaml"
-    if not config_file.is_file():
-        raise CliError(f"{args.output_dir} holds no run to resume (no config.yaml); start it without --resume")
-    if (args.output_dir / "metrics.json").is_file():
-        raise CliError(f"{args.output_dir} is already finished (metrics.json exists); nothing to resume")
-    args.config = config_file
-    conflict = resume_conflict(args, config_file)
-    if conflict:
-        raise CliError(conflict)
+def _train_into(run_dir: Path, run: RunConfig, config: LoRASCConfig, args: argparse.Namespace, accelerator) -> dict:
+    from .train import train
 
-
-def check_output_dir(run_dir: Path, resume: bool) -> None:
-    for folder in (run_dir, *run_dir.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise CliError(f"--output-dir {run_dir} is not allowed: {folder} is a file, not a folder; pass a folder path")
-            break
-    if not resume and run_dir.is_dir() and any(run_dir.iterdir()):
-        raise CliError(f"{run_dir} already holds a run; pass --resume to continue it or --output-dir for a new one")
-
-
-def remove_unstarted(run_dir: Path) -> None:
-    """A fresh run that stopped on bad input before its first checkpoint leaves its folder empty, so
-    that the corrected command can use it (the folder was empty when the run started)."""
-    if run_dir.is_dir() and not checkpoint_folders(run_dir):
-        for path in run_dir.iterdir():
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    fresh = not args.resume
+    if fresh and accelerator.is_main_process:
+        write_config(run_dir, run, config)
+    try:
+        return train(run, config, run_dir, resume=args.resume, progress=not args.no_progress, accelerator=accelerator)
+    except ValueError:
+        if fresh and accelerator.is_main_process:
+            remove_unstarted(run_dir)
+        raise
+    except (RuntimeError, SafetensorError) as err:
+        raise disk_full(err, run_dir) or err
 
 
 def summary_table(metrics: dict) -> str:
@@ -170,23 +144,6 @@ def summary_table(metrics: dict) -> str:
     if "delta_effective_rank" in metrics:
         lines.append(f"effective rank of the total delta (mean over layers) {metrics['delta_effective_rank']:.2f}")
     return "\n".join(lines)
-
-
-def finished_run(run_dir: Path) -> tuple[RunConfig, LoRASCConfig]:
-    """The settings of a finished run whose dense model is whole."""
-    new_run = f"train again with `lorasc train --config {run_dir / 'config.yaml'} --output-dir NEW`"
-    if not run_dir.is_dir():
-        raise CliError(f"{run_dir} is not a run folder; pass the --output-dir of a finished `lorasc train`")
-    if not (run_dir / "config.yaml").is_file():
-        raise CliError(f"{run_dir} is not a lorasc run (no config.yaml); pass the --output-dir of a finished `lorasc train`")
-    if not (run_dir / "metrics.json").is_file():
-        raise CliError(f"{run_dir} has not finished (no metrics.json); finish it with `lorasc train --resume --output-dir {run_dir}`")
-    if not (run_dir / "model" / "config.json").is_file():
-        raise CliError(f"{run_dir} has no dense model ({run_dir / 'model' / 'config.json'} is missing); restore it from a copy, or {new_run}")
-    run, config = resolve(argparse.Namespace(config=run_dir / "config.yaml"))
-    weight_shapes(run_dir / "model", fix=f"restore it from a copy, or {new_run}")
-    check_max_length(run_dir / "model", run.max_length)
-    return run, config
 
 
 def command_eval(args: argparse.Namespace) -> int:
@@ -223,14 +180,6 @@ def command_export(args: argparse.Namespace) -> int:
     mean = sum(errors.values()) / len(errors)
     print(f"wrote {out}: rank {args.rank}, relative reconstruction error mean {mean:.4f}, max {max(errors.values()):.4f} (per layer in compression.json)")
     return 0
-
-
-def check_export_folder(out: Path) -> None:
-    """An export writes into a new folder or over an earlier export, never over other files (the run's model)."""
-    if out.exists() and not out.is_dir():
-        raise CliError(f"--output {out} is a file; pass a folder path")
-    if out.is_dir() and any(out.iterdir()) and not (out / "compression.json").is_file():
-        raise CliError(f"--output {out} already holds other files; pass a new folder")
 
 
 def main(argv: list[str] | None = None) -> int:
