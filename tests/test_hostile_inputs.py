@@ -142,6 +142,9 @@ FLAGS = {
     "weight decay negative": (["--weight-decay", "-0.1"], ["weight_decay=-0.1 is not allowed"]),
     "warmup negative": (["--warmup-steps", "-1"], ["warmup_steps=-1 is not allowed"]),
     "expert rank huge": (["--expert-r", "100000"], ["--expert-r 100000 is not allowed: the adapted layers have full rank at most 384", "--expert-r 384"]),
+    "more cycles than steps": (["--num-cycles", "50"], ["num_cycles=50 is not allowed: at most the run's 6 optimizer steps", "lower --num-cycles"]),
+    "a cycle per step for ever": (["--num-cycles", "none", "--cycle-steps", "1", "--max-steps", str(10**12)],
+                                  ["cycles=1000000000000 is not allowed: at most 1,000,000", "--cycle-steps"]),
     "expert dropout above 1": (["--expert-lora-dropout", "1.5"], ["expert.lora_dropout=1.5 is not allowed: a float in [0, 1)"]),
     "targets match nothing": (["--expert-target-modules", "nothing"], ["matches no layer", "--expert-target-modules"]),
     "same text and label column": (["--text-column", "label"], ["label_column='label' is not allowed"]),
@@ -209,13 +212,19 @@ def test_debug_is_accepted_after_the_subcommand(tmp_path):
 
 
 def test_a_run_that_failed_on_bad_input_leaves_its_folder_free_for_the_corrected_rerun(tmp_path, capsys):
-    """More cycles than steps is found once the model is built, after config.yaml was written."""
+    """An embedding matrix as a LoRA target is found only once the model is built, after config.yaml was written."""
     run = tmp_path / "run"
-    assert cli("train", "--output-dir", run, *TINY, "--num-cycles", "50") == 2
-    assert "num_cycles=50 is not allowed" in capsys.readouterr().err
+    assert cli("train", "--output-dir", run, *TINY, "--expert-target-modules", "word_embeddings") == 2
+    assert "expert.target_modules={'word_embeddings'} is not allowed" in capsys.readouterr().err
     assert not list(run.iterdir())
     assert cli("train", "--output-dir", run, *TINY, "--max-steps", "2") == 0
     assert (run / "metrics.json").is_file()
+
+
+def test_a_diverging_run_stops_at_the_first_non_finite_loss(tmp_path, capsys):
+    data = write_csv(tmp_path / "data.csv", GOOD_CSV)
+    refused(capsys, tmp_path, ["train", "--data", data, "--output-dir", tmp_path / "run", *TINY, "--noise-lambda", "1e30"],
+            "the training loss is nan at step 1: the run diverged", "lower --lr")
 
 
 # ---- runs in every state: finished, interrupted, damaged ----
@@ -305,6 +314,23 @@ def test_resume_refuses_when_no_checkpoint_is_readable(interrupted, capsys):
     for step in (3, 4):
         (interrupted / f"checkpoint-{step}" / "state.pt").write_bytes(b"")
     refused(capsys, interrupted, ["train", "--resume", "--output-dir", interrupted], "has no readable checkpoint", "start a new run")
+
+
+def test_a_run_being_trained_by_another_process_is_refused(interrupted, capsys):
+    fcntl = pytest.importorskip("fcntl")
+    with open(interrupted / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the other process holds it
+        refused(capsys, interrupted, ["train", "--resume", "--output-dir", interrupted], "being trained by another lorasc process", "--resume")
+
+
+def test_a_checkpoint_swapped_in_from_another_run_is_refused(interrupted, capsys):
+    from safetensors.torch import load_file, save_file
+
+    for step in (3, 4):
+        path = interrupted / f"checkpoint-{step}" / "trainable.safetensors"
+        weights = load_file(path)
+        save_file({name: tensor[..., :1].contiguous() for name, tensor in weights.items()}, path)  # another rank, another head
+    refused(capsys, interrupted, ["train", "--resume", "--output-dir", interrupted], "do not match this run's model", "start a new run")
 
 
 RUN_STATES = {

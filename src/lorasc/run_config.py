@@ -79,6 +79,11 @@ class RunConfig:
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
 
+    def steps(self, examples: int) -> tuple[int, int]:
+        """(optimizer steps per epoch, optimizer steps of the run) on `examples` training examples."""
+        per_epoch = math.ceil(examples / self.batch_size)
+        return per_epoch, self.max_steps or max(1, round(self.epochs * per_epoch))
+
 
 def _known_encoding(name: str) -> bool:
     try:

@@ -115,8 +115,7 @@ class Loop:
     def __init__(self, run: RunConfig, session: Session, accelerator: Accelerator, run_dir: Path):
         self.run, self.session, self.accelerator, self.run_dir = run, session, accelerator, run_dir
         self.cascade = session.cascade
-        self.steps_per_epoch = math.ceil(len(session.data.train) / run.batch_size)
-        self.total_steps = run.max_steps or max(1, round(run.epochs * self.steps_per_epoch))
+        self.steps_per_epoch, self.total_steps = run.steps(len(session.data.train))
         self.cascade.begin(self.total_steps, self.steps_per_epoch)
         self.optimizer = self.cascade.optimizer(lr=run.lr, weight_decay=run.weight_decay)
         self.scheduler = self.cascade.scheduler(self.optimizer, warmup_steps=run.warmup_steps)
@@ -129,7 +128,7 @@ class Loop:
         weights, the optimizer, the scheduler and the RNG continue where they were."""
         self.cascade.load_state_dict(checkpoint.state["cascade"])
         parameters = trainable_parameters(self.cascade.model)
-        if parameters.keys() != checkpoint.trainable.keys():
+        if {n: p.shape for n, p in parameters.items()} != {n: t.shape for n, t in checkpoint.trainable.items()}:
             raise CheckpointError("the checkpoint's trainable weights do not match this run's model; start a new run")
         with torch.no_grad():
             for name, tensor in checkpoint.trainable.items():
@@ -152,6 +151,8 @@ class Loop:
         while self.cascade.steps < self.total_steps:
             lr, cycle = self.scheduler.get_last_lr()[0], self.cascade.cycle
             loss, cycle_ended = self.step()
+            if not math.isfinite(loss) and self.accelerator.scaler is None:  # float16's scaler skips such steps itself
+                raise ValueError(f"the training loss is {loss} at step {self.cascade.steps}: the run diverged; lower --lr (or --noise-lambda) and start a new run")
             window.append(loss)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", cycle=f"{cycle}/{self.cascade.num_cycles}")
