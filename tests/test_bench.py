@@ -137,6 +137,15 @@ def test_report_writes_nothing_without_results(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_fixed_split_fields_reach_lorasc_only_once_it_has_them():
+    from benchmarks.child import FIXED_SPLIT_FIELDS, run_config
+
+    run = run_config({"method": "lora", "seed": 3, "split_seed": 0, "n_val": 8})
+    assert run.seed == 3 and run.method == "lora"
+    if set(FIXED_SPLIT_FIELDS) <= {f.name for f in dataclasses.fields(run)}:
+        assert (run.split_seed, run.n_val) == (0, 8)
+
+
 @pytest.mark.slow
 def test_tiny_sweep_through_subprocesses(tmp_path, monkeypatch):
     task = dataclasses.replace(QUICK.task, n_train=64, n_val=16, n_test=16, n_ood=16)
