@@ -76,10 +76,10 @@ def image(path: Path, folder: Path, alt: str) -> str:
     return f"![{alt}]({link(path, folder)})"
 
 
-def machine(env: dict) -> str:
-    gpu = f", GPU {env['gpu']}" if env.get("gpu") else ", no GPU"
-    return f"{env.get('cores', '?')} CPU cores ({env.get('cpu', '?')}){gpu}; Python {env.get('python', '?')}, torch {env.get('torch', '?')}, " \
-           f"transformers {env.get('transformers', '?')}, peft {env.get('peft', '?')}"
+def machine(env: dict, parts: dict[str, str]) -> str:
+    known = {key: env.get(key, "?") for key in ("cores", "cpu", "python", "torch", "transformers", "peft")}
+    gpu = fill(parts["gpu"], gpu=env["gpu"]) if env.get("gpu") else parts["no-gpu"]
+    return fill(parts["machine"], **known, gpu=gpu)
 
 
 def render(p: Protocol, s: dict, prefix: Path, folder: Path, quick: bool) -> str:
@@ -88,7 +88,7 @@ def render(p: Protocol, s: dict, prefix: Path, folder: Path, quick: bool) -> str
     load = s["load_average_median"]
     return fill(
         main, **headline(p, s), **sections(p, s, parts, prefix, folder), results=p.name, quick_note=parts["quick"] if quick else "",
-        machine=machine(s["environment"]), threads=THREADS, load="—" if load is None else f"{load:.2f}", runs=s["runs"],
+        machine=machine(s["environment"], parts), threads=THREADS, load="—" if load is None else f"{load:.2f}", runs=s["runs"],
         minutes=f"{s['sweep_minutes']:.0f}", protocol=fill(parts["protocol"], **protocol_values(p)), main_table=main_table(s),
         final_seeds=p.final_seeds, select_count=len(p.select_seeds),
         main_plot=image(plots.chosen_bars(s, png(prefix, "main")), folder, "accuracy at the chosen LR") if s["rows"] else "",
