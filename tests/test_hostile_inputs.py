@@ -73,13 +73,16 @@ DATA_FILES = {
     "jsonl broken line": (("data.jsonl", '{"text": "a", "label": "x"}\n{"text": \n'), ["data.jsonl:2 is not valid JSON"]),
     "json not a list": (("data.json", '[{"text": "a", "label": "x"}, 3]'), ["data.json item 2 is int"]),
     "text file": (("data.txt", "a\n"), ["unsupported data file type '.txt'", "use .csv or .jsonl"]),
+    "a folder": (("data.csv/inner.csv", GOOD_CSV), ["data.csv is a folder", "pass a .csv or .jsonl file"]),
 }
 
 
 @pytest.mark.parametrize("name", DATA_FILES)
 def test_a_bad_data_file_is_refused_before_anything_is_written(name, tmp_path, capsys):
     (file_name, content), fragments = DATA_FILES[name]
-    data = write_csv(tmp_path / file_name, content)
+    (tmp_path / file_name).parent.mkdir(exist_ok=True)
+    write_csv(tmp_path / file_name, content)
+    data = tmp_path / file_name.split("/")[0]  # "a folder" passes the folder that holds its file
     refused(capsys, tmp_path, ["train", "--data", data, "--output-dir", tmp_path / "run", *TINY], *fragments)
     assert not (tmp_path / "run").exists()
 
@@ -237,9 +240,11 @@ def finished_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def interrupted_run(tmp_path_factory):
-    """A run stopped (as by Ctrl-C) right after its checkpoint at step 4 of 6: the checkpoints of step 3 (the
-    first cycle's end) and 4 are kept."""
-    run = tmp_path_factory.mktemp("interrupted") / "run"
+    """A run on data.csv stopped (as by Ctrl-C) right after its checkpoint at step 4 of 6: the checkpoints
+    of step 3 (the first cycle's end) and 4 are kept. Its data path is relative, so a copy of the folder
+    holding both is a run of its own."""
+    folder = tmp_path_factory.mktemp("interrupted")
+    write_csv(folder / "data.csv", GOOD_CSV)
     write = lorasc.train.save_checkpoint
 
     def write_then_interrupt(run_dir, step, *args):
@@ -248,10 +253,11 @@ def interrupted_run(tmp_path_factory):
             raise KeyboardInterrupt
 
     with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
         patch.setattr(lorasc.train, "save_checkpoint", write_then_interrupt)
-        assert cli("train", "--output-dir", run, *TINY) == 130
-    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
-    return run
+        assert cli("train", "--data", "data.csv", "--output-dir", "run", *TINY) == 130
+    assert sorted(p.name for p in (folder / "run").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
+    return folder / "run"
 
 
 @pytest.fixture
@@ -260,7 +266,10 @@ def finished(finished_run, tmp_path):
 
 
 @pytest.fixture
-def interrupted(interrupted_run, tmp_path):
+def interrupted(interrupted_run, tmp_path, monkeypatch):
+    """A copy of the interrupted run and its data; the test runs in the folder that holds both."""
+    shutil.copy(interrupted_run.parent / "data.csv", tmp_path)
+    monkeypatch.chdir(tmp_path)
     return shutil.copytree(interrupted_run, tmp_path / "interrupted")
 
 
@@ -270,7 +279,7 @@ def truncate(path, keep: float = 0.5):
 
 RESUME_FLAGS = {
     "lr": (["--lr", "0.5"], ["--lr 0.5 changes this run's lr=0.001", "drop --lr to resume", "--output-dir NEW --lr 0.5"]),
-    "data": (["--data", "other.csv"], ["--data other.csv changes this run's train_file=None"]),
+    "data": (["--data", "other.csv"], ["--data other.csv changes this run's train_file='data.csv'"]),
     "expert rank": (["--expert-r", "4"], ["--expert-r 4 changes this run's expert.r=2"]),
     "seed": (["--seed", "3"], ["--seed 3 changes this run's seed=0"]),
     "config": (["--config", "x.yaml"], ["--config is not allowed with --resume", "drop --config"]),
@@ -314,6 +323,11 @@ def test_resume_refuses_when_no_checkpoint_is_readable(interrupted, capsys):
     for step in (3, 4):
         (interrupted / f"checkpoint-{step}" / "state.pt").write_bytes(b"")
     refused(capsys, interrupted, ["train", "--resume", "--output-dir", interrupted], "has no readable checkpoint", "start a new run")
+
+
+def test_resume_refuses_data_that_changed_since_the_run_started(interrupted, capsys):
+    write_csv(interrupted.parent / "data.csv", GOOD_CSV.replace("pos", "neg", 1))
+    refused(capsys, interrupted, ["train", "--resume", "--output-dir", interrupted], "data.csv changed since the run started", "restore it")
 
 
 def test_a_run_being_trained_by_another_process_is_refused(interrupted, capsys):

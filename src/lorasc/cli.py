@@ -23,7 +23,8 @@ from .checkpoint import disk_full
 from .config import LoRASCConfig
 from .model_files import check_rank, targeted_shapes, weight_shapes
 from .run_config import RUN_METHODS, TASKS, RunConfig
-from .run_folder import check_export_folder, check_output_dir, check_resumable, finished_run, remove_unstarted, run_lock
+from .run_folder import (check_data_unchanged, check_export_folder, check_output_dir, check_resumable, finished_run, remove_unstarted, run_lock,
+                         write_data_digests)
 from .settings import EXPERT_FLAGS, LORASC_FIELDS, RUN_FLAGS, CliError, resolve, write_config
 
 WRITE_FIX = {"train": "choose a writable --output-dir", "eval": "copy the run folder somewhere writable and evaluate the copy",
@@ -97,6 +98,8 @@ def command_train(args: argparse.Namespace) -> int:
     run_dir = args.output_dir or Path("runs") / run.method
     check_output_dir(run_dir, args.resume)
     check_run_inputs(run, config)
+    if args.resume:
+        check_data_unchanged(run_dir, run)
     accelerator = make_accelerator(run)
     accelerator.wait_for_everyone()  # every process has checked the folder before the main one writes to it
     main = accelerator.is_main_process
@@ -118,6 +121,7 @@ def _train_into(run_dir: Path, run: RunConfig, config: LoRASCConfig, args: argpa
     fresh = not args.resume
     if fresh and accelerator.is_main_process:
         write_config(run_dir, run, config)
+        write_data_digests(run_dir, run)
     try:
         return train(run, config, run_dir, resume=args.resume, progress=not args.no_progress, accelerator=accelerator)
     except ValueError:

@@ -80,6 +80,8 @@ def _cell(where: str, row: dict, column: str) -> str:
 
 def read_rows(path: Path, encoding: str) -> list[tuple[str, dict]]:
     """(where, row) pairs ("file:line" or "file item N") of a .csv, .jsonl or .json file."""
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; pass a .csv or .jsonl file")
     if not path.is_file():
         raise DataError(f"data file not found: {path}; pass an existing .csv or .jsonl file")
     if path.suffix not in (".csv", ".jsonl", ".json"):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -16,6 +18,8 @@ from .config import LoRASCConfig
 from .model_files import check_max_length, weight_shapes
 from .run_config import RunConfig
 from .settings import CliError, resolve, resume_conflict
+
+DATA_DIGESTS = "data.sha256.json"  # the data files a run trains on, checked again on resume
 
 try:
     import fcntl
@@ -57,6 +61,25 @@ def remove_unstarted(run_dir: Path) -> None:
     if run_dir.is_dir() and not checkpoint_folders(run_dir):
         for path in run_dir.iterdir():
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
+def data_digests(run: RunConfig) -> dict[str, str]:
+    return {name: hashlib.sha256(Path(name).read_bytes()).hexdigest() for name in (run.train_file, run.test_file, run.ood_file) if name}
+
+
+def write_data_digests(run_dir: Path, run: RunConfig) -> None:
+    (run_dir / DATA_DIGESTS).write_text(json.dumps(data_digests(run), indent=2))
+
+
+def check_data_unchanged(run_dir: Path, run: RunConfig) -> None:
+    """A resumed run continues on the data it started on: its batches are replayed by position."""
+    path = run_dir / DATA_DIGESTS
+    if not path.is_file():
+        return  # a run from before the digests were kept
+    started_on, now = json.loads(path.read_text()), data_digests(run)
+    changed = sorted(name for name in started_on if now.get(name) != started_on[name])
+    if changed:
+        raise CliError(f"{changed[0]} changed since the run started (its sha256 differs); restore it to resume, or start a new run with --output-dir NEW")
 
 
 @contextlib.contextmanager
