@@ -20,7 +20,7 @@ def sci(x: float | None) -> str:
 
 
 def share(x: float) -> str:
-    return f"{100 * x:.2f} %"
+    return f"{100 * x:.4f} %"
 
 
 def params(n: int) -> str:
