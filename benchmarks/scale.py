@@ -34,9 +34,12 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 from peft import LoraConfig  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scale_checks import DeviceMemory, MergeReference, copy_experts, noise_check, snapshot_linears, timed  # noqa: E402
-from scale_report import write_report  # noqa: E402
+if __package__:  # imported as benchmarks.scale
+    from .scale_checks import DeviceMemory, MergeReference, copy_experts, noise_check, snapshot_linears, timed
+    from .scale_report import write_report
+else:  # python benchmarks/scale.py: this folder is sys.path[0]
+    from scale_checks import DeviceMemory, MergeReference, copy_experts, noise_check, snapshot_linears, timed
+    from scale_report import write_report
 
 from lorasc import LoRASC, LoRASCConfig  # noqa: E402
 from lorasc.export import stacked_factors  # noqa: E402

@@ -1,29 +1,20 @@
 """The scale benchmark (benchmarks/scale.py) at its tiny size on the CPU, in float32 and bfloat16:
 its JSON fields, the merge and noise exactness it measures, and the "At scale" section it writes."""
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "scale.py"
+from benchmarks import scale, scale_checks
+
 DTYPES = ("float32", "bfloat16")
 
 
 @pytest.fixture(scope="module")
-def scale():
-    spec = importlib.util.spec_from_file_location("bench_scale", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through it
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def results_dir(scale, tmp_path_factory):
+def results_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("scale")
     for dtype in DTYPES:
         scale.main(["--size", "tiny", "--dtype", dtype, "--device", "cpu", "--results-dir", str(out)])
@@ -80,10 +71,9 @@ def test_report_says_the_gpu_numbers_are_missing(results_dir):
     assert "$" not in text.replace("$$", "")  # every placeholder filled
 
 
-def test_device_memory_splits_one_device_between_runs(scale, monkeypatch):
+def test_device_memory_splits_one_device_between_runs(monkeypatch):
     """Each run's peak is its own resident bytes plus its operation's transient, whatever the other holds
     (checked against a fake CUDA allocator: this machine has no GPU)."""
-    torch = pytest.importorskip("torch")
     allocator = {"allocated": 0, "peak": 0}
 
     def allocate(nbytes):
@@ -94,7 +84,7 @@ def test_device_memory_splits_one_device_between_runs(scale, monkeypatch):
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *args: allocator["allocated"])
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *args: allocator["peak"])
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *args: allocator.update(peak=allocator["allocated"]))
-    memory = sys.modules["scale_checks"].DeviceMemory(torch.device("cuda"))
+    memory = scale_checks.DeviceMemory(torch.device("cuda"))
     with memory.track("lora"):
         allocate(100)
     with memory.track("lorasc"):
