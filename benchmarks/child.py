@@ -72,7 +72,8 @@ def measure_latency(spec: dict) -> dict:
                 models[name](**batch)
                 times[name].append(time.perf_counter() - start)
     medians = {name: statistics.median(t) for name, t in times.items()}
-    return {"steps": metrics["steps"], "cycles": metrics["cycles"], "adapter_rank": metrics["cycles"] * LoRASCConfig.from_dict(spec["lorasc"]).expert.r,
+    rank = LoRASCConfig.from_dict(spec["lorasc"]).expert.r
+    return {"steps": metrics["steps"], "cycles": metrics["cycles"], "adapter_rank": metrics["cycles"] * rank,
             "latency": {"median_seconds": medians, "ratio": {n: round(medians[n] / medians["base"], 3) for n in medians},
                         "passes": spec["passes"], "max_abs_logit_diff_dense_vs_adapter": (logits["dense"] - logits["adapter"]).abs().max().item()}}
 

@@ -75,7 +75,8 @@ def cost_bars(s: dict, path: Path) -> Path:
 
 def heatmap(s: dict, labels, title: str, path: Path) -> Path:
     """Selection-split accuracy of `labels` (rows) at every LR of their grids (columns)."""
-    rows = {label: dict(zip(s["grids"][label]["lrs"], s["grids"][label]["accuracy"][s["selection_split"]])) for label in labels if label in s["grids"]}
+    grids = {label: s["grids"][label] for label in labels if label in s["grids"]}
+    rows = {label: dict(zip(g["lrs"], g["accuracy"][s["selection_split"]])) for label, g in grids.items()}
     lrs = sorted({lr for row in rows.values() for lr in row})
     grid = [[100 * row[lr] if lr in row else math.nan for lr in lrs] for row in rows.values()]
     fig, ax = plt.subplots(figsize=(1.3 * len(lrs) + 3, 0.5 * len(rows) + 1.5))

