@@ -98,9 +98,10 @@ def decode(path: Path, raw: bytes, encoding: str) -> str:
     for signature, kind in BINARY_SIGNATURES.items():
         if raw.startswith(signature):
             raise DataError(f"{path} is {kind}, not text; decompress or export it as a plain .csv/.jsonl file")
-    if b"\0" in raw[:4096] and not raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+    utf16 = raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))  # a spreadsheet's "Unicode text"
+    if b"\0" in raw[:4096] and not utf16:
         raise DataError(f"{path} is a binary file, not text; export it as a plain .csv/.jsonl file")
-    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+    if utf16:
         encoding = "utf-16"
     elif codecs.lookup(encoding).name == "utf-8":
         encoding = "utf-8-sig"  # a byte order mark (Excel's "CSV UTF-8") is not part of the first column's name

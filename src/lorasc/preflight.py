@@ -22,11 +22,11 @@ def check_run_inputs(run: RunConfig, config: LoRASCConfig) -> None:
     path = model_path(run)
     weight_shapes(path)
     check_max_length(path, run.max_length)
+    if run.task == "classification":
+        check_head(path, data.labels)
     if run.method != "full":
         check_targets(path, config.expert.target_modules, config.expert.r)
         check_cycle_plan(run, METHODS[run.method].config(config), len(data.train))
-    if run.task == "classification":
-        check_head(path, data.labels)
 
 
 def check_cycle_plan(run: RunConfig, config: LoRASCConfig, examples: int) -> None:

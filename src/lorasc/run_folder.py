@@ -38,7 +38,8 @@ def check_resumable(args: argparse.Namespace) -> None:
     if not config_file.is_file():
         raise CliError(f"{args.output_dir} holds no run to resume (no config.yaml); start it without --resume")
     if (args.output_dir / "metrics.json").is_file():
-        raise CliError(f"{args.output_dir} is already finished (metrics.json exists); nothing to resume")
+        raise CliError(f"{args.output_dir} is already finished (metrics.json exists), nothing to resume; "
+                       f"use `lorasc eval {args.output_dir}`, or train more in a new run with --output-dir NEW")
     args.config = config_file
     conflict = resume_conflict(args, config_file)
     if conflict:
