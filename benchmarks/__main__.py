@@ -21,7 +21,7 @@ from pathlib import Path
 from . import RESULTS, ROOT, study
 from .planner import PLANS, Board
 from .protocol import FULL, PROTOCOLS, QUICK, QUICK_SMALL_DATA, QUICK_STUDIES, SMALL_DATA, STUDIES, Protocol
-from .report import write_report, write_study
+from .report import refresh_scale_section, write_report, write_study
 from .runner import default_jobs, read_results, run_missing
 
 
@@ -52,11 +52,14 @@ def benchmark(args: argparse.Namespace) -> None:
         groups = [args.only] if args.only else list(p.groups)
         run_missing(args.results_dir / f"{p.name}.jsonl", functools.partial(sweep_groups, p, groups), args.jobs, args.device)
     reported = QUICK if args.quick else FULL  # the second task is a section of the full report
-    if not (args.results_dir / f"{reported.name}.jsonl").is_file():
-        print(f"report: nothing written, no results/{reported.name}.jsonl yet")
-        return
     published = not args.quick and args.results_dir.resolve() == RESULTS.resolve()
     markdown = ROOT / "BENCHMARKS.md" if published else args.results_dir / f"{reported.task.name}.md"
+    if not (args.results_dir / f"{reported.name}.jsonl").is_file():
+        if published and refresh_scale_section(markdown, args.results_dir):  # the published sections stay
+            print(f"report: no results/{reported.name}.jsonl yet; only the At scale section of {markdown} rewritten")
+        else:
+            print(f"report: nothing written, no results/{reported.name}.jsonl yet")
+        return
     write_report(reported, args.results_dir, markdown, quick=args.quick)
     print(f"report: {markdown}")
 

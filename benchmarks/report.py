@@ -166,6 +166,23 @@ def appendices(results_dir: Path, folder: Path) -> str:
     return text
 
 
+def refresh_scale_section(markdown: Path, results_dir: Path) -> bool:
+    """Put results/scale.md in place of the report's "At scale" section (up to the next section), or
+    after its end; the other sections stay as published. False when either file is missing."""
+    scale = results_dir / "scale.md"
+    if not (scale.is_file() and markdown.is_file()):
+        return False
+    text, section = markdown.read_text(), scale.read_text()
+    start = text.find(section.splitlines()[0] + "\n")
+    if start < 0:
+        markdown.write_text(text.rstrip("\n") + "\n\n" + section)
+        return True
+    end = text.find("\n## ", start + 1)
+    after = "\n" + text[end + 1 :] if end >= 0 else ""
+    markdown.write_text(text[:start] + section + after)
+    return True
+
+
 # ---- the settings study -----------------------------------------------------------------------------
 def study_regime(p: Protocol, s: dict, heatmap_png: Path, folder: Path, parts: dict[str, str]) -> str:
     return fill(parts["regime"], **headline(p, s), title=p.regime.title[:1].upper() + p.regime.title[1:],

@@ -12,6 +12,7 @@ from bench_fakes import fake_result, install, settle
 from benchmarks import __main__ as cli
 from benchmarks.planner import PLANS, Board, chosen_lrs, protocol_entries
 from benchmarks.protocol import ENTRIES, FULL, QUICK
+from benchmarks.report import refresh_scale_section
 from benchmarks.runner import read_results
 from benchmarks.stats import paired
 
@@ -135,6 +136,17 @@ def test_report_says_when_choices_were_made_on_test(tmp_path, monkeypatch):
 def test_report_writes_nothing_without_results(tmp_path):
     cli.main(["--report", "--results-dir", str(tmp_path)])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_at_scale_section_is_replaced_in_place_or_appended(tmp_path):
+    (tmp_path / "scale.md").write_text("## At scale\n\nnew numbers\n")
+    report = tmp_path / "BENCHMARKS.md"
+    report.write_text("# Benchmark\n\n## 1. Accuracy\n\nkept\n")
+    assert refresh_scale_section(report, tmp_path)
+    assert report.read_text() == "# Benchmark\n\n## 1. Accuracy\n\nkept\n\n## At scale\n\nnew numbers\n"
+    report.write_text("# Benchmark\n\n## At scale\n\nold numbers\n\n## Study\n\nkept\n")
+    assert refresh_scale_section(report, tmp_path)
+    assert report.read_text() == "# Benchmark\n\n## At scale\n\nnew numbers\n\n## Study\n\nkept\n"
 
 
 def test_fixed_split_fields_reach_lorasc_only_once_it_has_them():
