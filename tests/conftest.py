@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 import subprocess
@@ -143,3 +144,44 @@ def minilm_without_dropout(tmp_path_factory, minilm_path) -> Path:
     (folder / "config.json").unlink()
     (folder / "config.json").write_text(json.dumps({**config, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}))
     return folder
+
+
+# ---- bad input: `lorasc` in-process on a tiny cascade, refused in one line with nothing changed ----
+TINY_CASCADE = [*TINY_RUN, "--n-train", "32", "--n-test", "16", "--n-ood", "16", "--max-steps", "6", "--checkpoint-every", "2", "--num-cycles", "2",
+                "--expert-r", "2", "--expert-target-modules", "query", "value", "--warmup-steps", "1"]
+GOOD_CSV = "text,label\n" + "great flight,pos\nawful delay,neg\nfine crew,pos\nlost my bag,neg\n" * 6
+
+
+def cli(*args) -> int:
+    from lorasc.cli import main
+
+    return main([str(a) for a in args])
+
+
+def write_file(path: Path, content: str | bytes) -> Path:
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+DAMAGE = {"truncated": truncate, "random": lambda path: path.write_bytes(os.urandom(4096)), "emptied": lambda path: path.write_bytes(b"")}
+
+
+def tree_digest(folder: Path) -> dict:
+    """sha256 of every file under `folder`, by relative path: what "no earlier file changed" compares."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def refused(capsys, folder: Path, args: list, *fragments: str) -> None:
+    """`lorasc ARGS` exits 2 with one line naming the problem and the fix (settings: `field=value is not
+    allowed: what is`), and no file under `folder` changed."""
+    before = tree_digest(folder)
+    assert cli(*args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lorasc: error: ") and err.count("\n") == 1 and ("; " in err or " is not allowed: " in err), err
+    for fragment in fragments:
+        assert fragment in err, err
+    assert tree_digest(folder) == before

@@ -1,0 +1,197 @@
+"""`lorasc train --resume`, `eval` and `export` on a run in every state: interrupted, finished, damaged,
+being trained, swapped. Each refusal is one line with a fix, exit code 2, and no file of the run changed.
+Two tiny runs are shared by the module (one finished, one interrupted) and copied for each test.
+"""
+
+import json
+import os
+import shutil
+
+import pytest
+import yaml
+from conftest import DAMAGE, GOOD_CSV, TINY_CASCADE, cli, refused, truncate, write_file
+
+import lorasc.train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("finished") / "run"
+    assert cli("train", "--output-dir", run, *TINY_CASCADE) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory):
+    """A run on data.csv stopped (as by Ctrl-C) right after its checkpoint at step 4 of 6: the checkpoints
+    of step 3 (the first cycle's end) and 4 are kept. Its data path is relative, so a copy of the folder
+    holding both is a run of its own."""
+    folder = tmp_path_factory.mktemp("interrupted")
+    write_file(folder / "data.csv", GOOD_CSV)
+    write = lorasc.train.save_checkpoint
+
+    def write_then_interrupt(run_dir, step, *args):
+        write(run_dir, step, *args)
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        patch.setattr(lorasc.train, "save_checkpoint", write_then_interrupt)
+        assert cli("train", "--data", "data.csv", "--output-dir", "run", *TINY_CASCADE) == 130
+    assert sorted(p.name for p in (folder / "run").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
+    return folder / "run"
+
+
+@pytest.fixture
+def finished(finished_run, tmp_path):
+    return shutil.copytree(finished_run, tmp_path / "finished")
+
+
+@pytest.fixture
+def interrupted(interrupted_run, tmp_path, monkeypatch):
+    """A copy of the interrupted run and its data; the test runs in the folder that holds both."""
+    shutil.copy(interrupted_run.parent / "data.csv", tmp_path)
+    monkeypatch.chdir(tmp_path)
+    return shutil.copytree(interrupted_run, tmp_path / "interrupted")
+
+
+RESUME_FLAGS = {
+    "lr": (["--lr", "0.5"], ["--lr 0.5 changes this run's lr=0.001", "drop --lr to resume", "--output-dir NEW --lr 0.5"]),
+    "data": (["--data", "other.csv"], ["--data other.csv changes this run's train_file='data.csv'"]),
+    "expert rank": (["--expert-r", "4"], ["--expert-r 4 changes this run's expert.r=2"]),
+    "seed": (["--seed", "3"], ["--seed 3 changes this run's seed=0"]),
+    "config": (["--config", "x.yaml"], ["--config is not allowed with --resume", "drop --config"]),
+}
+
+
+@pytest.mark.parametrize("name", RESUME_FLAGS)
+def test_resume_refuses_a_changed_setting_and_changes_no_file(name, interrupted, capsys):
+    flags, fragments = RESUME_FLAGS[name]
+    refused(capsys, interrupted, ["train", "--resume", "--output-dir", interrupted, *flags], *fragments)
+
+
+DAMAGED_CHECKPOINT = {
+    "state.pt truncated": "state.pt",
+    "trainable.safetensors truncated": "trainable.safetensors",
+    "progress.json truncated": "progress.json",
+}
+
+
+@pytest.mark.parametrize("name", DAMAGED_CHECKPOINT)
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(name, interrupted, capsys):
+    truncate(interrupted / "checkpoint-4" / DAMAGED_CHECKPOINT[name])
+    from lorasc.checkpoint import load_checkpoint, model_fingerprint
+    from lorasc.data import default_model_path
+
+    checkpoint = load_checkpoint(interrupted, model_fingerprint(default_model_path()))
+    assert checkpoint.progress["step"] == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "checkpoint-4 is unreadable" in err and "resuming from checkpoint-3" in err, err
+
+
+def test_resume_after_the_latest_checkpoint_was_truncated_finishes_from_the_previous(interrupted, capsys):
+    """Flags that repeat the run's own settings are accepted on resume."""
+    truncate(interrupted / "checkpoint-4" / "state.pt")
+    assert cli("train", "--resume", "--output-dir", interrupted, "--lr", "0.001", "--expert-r", "2", "--no-progress") == 0
+    assert "resuming from checkpoint-3" in capsys.readouterr().err
+    assert json.loads((interrupted / "metrics.json").read_text())["steps"] == 6
+
+
+def test_resume_refuses_when_no_checkpoint_is_readable(interrupted, capsys):
+    for step in (3, 4):
+        (interrupted / f"checkpoint-{step}" / "state.pt").write_bytes(b"")
+    refused(capsys, interrupted, ["train", "--resume", "--output-dir", interrupted], "has no readable checkpoint", "start a new run")
+
+
+def test_resume_refuses_data_that_changed_since_the_run_started(interrupted, capsys):
+    write_file(interrupted.parent / "data.csv", GOOD_CSV.replace("pos", "neg", 1))
+    refused(capsys, interrupted, ["train", "--resume", "--output-dir", interrupted], "data.csv changed since the run started", "restore it")
+
+
+def test_a_run_being_trained_by_another_process_is_refused(interrupted, capsys):
+    fcntl = pytest.importorskip("fcntl")
+    with open(interrupted / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the other process holds it
+        refused(capsys, interrupted, ["train", "--resume", "--output-dir", interrupted], "being trained by another lorasc process", "--resume")
+
+
+def test_a_checkpoint_swapped_in_from_another_run_is_refused(interrupted, capsys):
+    from safetensors.torch import load_file, save_file
+
+    for step in (3, 4):
+        path = interrupted / f"checkpoint-{step}" / "trainable.safetensors"
+        weights = load_file(path)
+        save_file({name: tensor[..., :1].contiguous() for name, tensor in weights.items()}, path)  # another rank, another head
+    refused(capsys, interrupted, ["train", "--resume", "--output-dir", interrupted], "do not match this run's model", "start a new run")
+
+
+RUN_STATES = {
+    "resume a finished run": (["train", "--resume", "--output-dir", "{run}"], ["already finished", "nothing to resume"]),
+    "train into a finished run": (["train", "--output-dir", "{run}"], ["already holds a run", "--resume"]),
+    "eval an interrupted run": (["eval", "{interrupted}"], ["has not finished", "lorasc train --resume --output-dir"]),
+    "export an interrupted run": (["export", "{interrupted}", "--rank", "2"], ["has not finished"]),
+    "eval a missing folder": (["eval", "{run}/nowhere"], ["is not a run folder", "--output-dir of a finished"]),
+    "eval a file": (["eval", "{run}/metrics.json"], ["is not a run folder"]),
+    "eval an empty folder": (["eval", "{empty}"], ["is not a lorasc run (no config.yaml)"]),
+    "export an empty folder": (["export", "{empty}", "--rank", "2"], ["is not a lorasc run (no config.yaml)"]),
+    "resume an empty folder": (["train", "--resume", "--output-dir", "{empty}"], ["holds no run to resume", "without --resume"]),
+    "export rank huge": (["export", "{run}", "--rank", "100000"], ["--rank 100000 is not allowed: the adapted layers have full rank at most 384", "--rank 384"]),
+    "export rank zero": (["export", "{run}", "--rank", "0"], ["--rank 0 is not allowed: an integer >= 1"]),
+    "export rank text": (["export", "{run}", "--rank", "two"], ["argument --rank: invalid int value: 'two'", "--help"]),
+    "export over the model": (["export", "{run}", "--rank", "2", "--output", "{run}/model"], ["already holds other files", "new folder"]),
+    "export onto a file": (["export", "{run}", "--rank", "2", "--output", "{run}/metrics.json"], ["is a file", "folder path"]),
+    "no subcommand": ([], ["the following arguments are required", "--help"]),
+}
+
+
+@pytest.mark.parametrize("name", RUN_STATES)
+def test_each_subcommand_on_a_run_in_the_wrong_state(name, finished, interrupted, capsys):
+    args, fragments = RUN_STATES[name]
+    (finished.parent / "empty").mkdir()
+    args = [a.format(run=finished, interrupted=interrupted, empty=finished.parent / "empty") for a in args]
+    refused(capsys, finished.parent, args, *fragments)
+
+
+def damage_run(run, how):
+    if how in DAMAGE:
+        DAMAGE[how](run / "model" / "model.safetensors")
+    elif how == "no config":
+        (run / "model" / "config.json").unlink()
+    elif how == "config.yaml emptied":
+        (run / "config.yaml").write_text("")
+    elif how == "config.yaml wrong type":
+        settings = yaml.safe_load((run / "config.yaml").read_text())
+        settings["run"]["max_length"] = "long"
+        (run / "config.yaml").write_text(yaml.safe_dump(settings))
+
+
+DAMAGED_RUN = {
+    "truncated": ["model.safetensors is truncated or not a safetensors file", "train again with `lorasc train --config"],
+    "random": ["model.safetensors is truncated or not a safetensors file"],
+    "emptied": ["model.safetensors is truncated"],
+    "no config": ["has no dense model", "restore it from a copy"],
+    "config.yaml emptied": ["config.yaml must be a mapping", "fix its top level"],
+    "config.yaml wrong type": ["max_length='long' is not allowed: an integer"],
+}
+
+
+@pytest.mark.parametrize("command", ["eval", "export"])
+@pytest.mark.parametrize("how", DAMAGED_RUN)
+def test_eval_and_export_of_a_damaged_run(command, how, finished, capsys):
+    damage_run(finished, how)
+    refused(capsys, finished, [command, finished, *(["--rank", "2"] if command == "export" else [])], *DAMAGED_RUN[how])
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+@pytest.mark.parametrize("command, fix", [("eval", "copy the run folder somewhere writable"), ("export", "pass --output with a writable folder")])
+def test_a_read_only_run_names_a_fix_the_command_has(command, fix, finished, capsys):
+    os.chmod(finished, 0o555)
+    try:
+        refused(capsys, finished, [command, finished, *(["--rank", "2"] if command == "export" else [])], "cannot write", fix)
+    finally:
+        os.chmod(finished, 0o755)
+
+
