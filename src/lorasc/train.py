@@ -152,7 +152,8 @@ class Loop:
             lr, cycle = self.scheduler.get_last_lr()[0], self.cascade.cycle
             loss, cycle_ended = self.step()
             if not math.isfinite(loss) and self.accelerator.scaler is None:  # float16's scaler skips such steps itself
-                raise ValueError(f"the training loss is {loss} at step {self.cascade.steps}: the run diverged; lower --lr (or --noise-lambda) and start a new run")
+                raise ValueError(f"the training loss is {loss} at step {self.cascade.steps}: the run diverged; "
+                                 "lower --lr (or --noise-lambda) and start a new run")
             window.append(loss)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", cycle=f"{cycle}/{self.cascade.num_cycles}")
