@@ -5,6 +5,7 @@ their verdicts, the report rendered from its templates, and a tiny sweep through
 import dataclasses
 import json
 import math
+import time
 
 import pytest
 from bench_fakes import fake_result, install, settle
@@ -13,7 +14,7 @@ from benchmarks import __main__ as cli
 from benchmarks.planner import PLANS, Board, chosen_lrs, protocol_entries
 from benchmarks.protocol import ENTRIES, FULL, QUICK
 from benchmarks.report import refresh_scale_section
-from benchmarks.runner import read_results
+from benchmarks.runner import read_results, run_missing
 from benchmarks.stats import paired
 
 T_975_2 = 4.302652729911275  # Student's t, 97.5th percentile, 2 degrees of freedom
@@ -136,6 +137,25 @@ def test_report_says_when_choices_were_made_on_test(tmp_path, monkeypatch):
 def test_report_writes_nothing_without_results(tmp_path):
     cli.main(["--report", "--results-dir", str(tmp_path)])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_runner_runs_jobs_in_parallel_and_resumes(tmp_path, monkeypatch):
+    running, most = set(), []
+
+    def slow(spec, split):
+        running.add(spec["key"])
+        most.append(len(running))
+        time.sleep(0.05)
+        running.discard(spec["key"])
+        return 0.7
+
+    install(monkeypatch, slow)
+    specs = PLANS["grid"](tiny(labels=("LoRA", "LoRASC")), Board([]))
+    run_missing(tmp_path / "r.jsonl", lambda board: specs, jobs=2, device="cpu")
+    assert len(read_results(tmp_path / "r.jsonl")) == len(specs) == 8 and max(most) == 2
+    given = install(monkeypatch, slow)
+    run_missing(tmp_path / "r.jsonl", lambda board: specs, jobs=2, device="cpu")
+    assert given == []
 
 
 def test_at_scale_section_is_replaced_in_place_or_appended(tmp_path):
