@@ -141,12 +141,16 @@ class DamagedCheckpoint(Exception):
     """A checkpoint file that is missing, truncated or not what lorasc writes."""
 
 
+def _damaged(name: str, err: Exception) -> str:
+    return f"{name} is missing" if isinstance(err, FileNotFoundError) else f"{name} is truncated or damaged"
+
+
 def read_checkpoint(folder: Path) -> Checkpoint:
     progress = read_progress(folder)
     try:
         trainable = load_file(folder / TRAINABLE)
     except (OSError, SafetensorError) as err:
-        raise DamagedCheckpoint(f"{TRAINABLE}: {' '.join(str(err).split())}") from None
+        raise DamagedCheckpoint(_damaged(TRAINABLE, err)) from None
     state = load_state(folder / STATE)
     if not STATE_KEYS <= state.keys() or not PROGRESS_KEYS <= progress.keys():
         raise DamagedCheckpoint("it lacks entries that lorasc writes")
@@ -157,7 +161,7 @@ def read_progress(folder: Path) -> dict:
     try:
         progress = json.loads((folder / PROGRESS).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DamagedCheckpoint(f"{PROGRESS}: {' '.join(str(err).split())}") from None
+        raise DamagedCheckpoint(_damaged(PROGRESS, err)) from None
     if not isinstance(progress, dict):
         raise DamagedCheckpoint(f"{PROGRESS} is not a JSON object")
     return progress
@@ -173,7 +177,7 @@ def load_state(path: Path) -> dict:
             "unpickling them could run code: resume only checkpoints written by lorasc, or start a new run"
         ) from None
     except (OSError, RuntimeError, EOFError) as err:
-        raise DamagedCheckpoint(f"{STATE}: {' '.join(str(err).split())[:200]}") from None
+        raise DamagedCheckpoint(_damaged(STATE, err)) from None
     if not isinstance(state, dict):
         raise DamagedCheckpoint(f"{STATE} is not a dictionary")
     return state
