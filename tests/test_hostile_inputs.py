@@ -52,6 +52,12 @@ def test_a_bad_data_file_is_refused_before_anything_is_written(name, tmp_path, c
     assert not (tmp_path / "run").exists()
 
 
+def test_a_test_file_with_labels_the_training_file_lacks(tmp_path, capsys):
+    data, test = write_file(tmp_path / "data.csv", GOOD_CSV), write_file(tmp_path / "test.csv", "text,label\nmeh,neutral\n")
+    refused(capsys, tmp_path, ["train", "--data", data, "--test-file", test, "--output-dir", tmp_path / "run", *TINY_CASCADE],
+            "test.csv has labels ['neutral'] that the training data does not have", "fix the file")
+
+
 QUIRKS = {
     "byte order mark and CRLF": b"\xef\xbb\xbftext,label\r\ngood,1\r\nbad,0\r\n",
     "blank lines and empty rows": b"text,label\n\ngood,1\n,\nbad,0\n\n",

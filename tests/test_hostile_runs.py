@@ -111,6 +111,12 @@ def test_resume_refuses_data_that_changed_since_the_run_started(interrupted, cap
     refused(capsys, interrupted, ["train", "--resume", "--output-dir", interrupted], "data.csv changed since the run started", "restore it")
 
 
+def test_resume_of_a_run_whose_config_yaml_was_cut_short(interrupted, capsys):
+    config = interrupted / "config.yaml"
+    config.write_text(config.read_text()[:40])
+    refused(capsys, interrupted, ["train", "--resume", "--output-dir", interrupted], "config.yaml", "is not allowed")
+
+
 def test_a_run_being_trained_by_another_process_is_refused(interrupted, capsys):
     fcntl = pytest.importorskip("fcntl")
     with open(interrupted / ".lock", "a") as lock:

@@ -2,6 +2,8 @@
 
 Settings resolve in this order: built-in defaults < `--config FILE` (YAML or JSON) < flags. The
 resolved settings are written to RUN/config.yaml, which `--config` accepts to reproduce the run.
+Every input is checked before the run folder is written (settings.py, preflight.py, run_folder.py):
+bad input is one line `lorasc: error: <problem>; <fix>` and exit code 2, and changes no earlier file.
 """
 
 from __future__ import annotations

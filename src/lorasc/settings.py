@@ -72,9 +72,12 @@ def read_config(path: Path) -> dict:
         raise CliError(f"{path} is not valid {kind} text ({' '.join(str(err).split())[:160]}); fix it or write it again") from None
     if not isinstance(loaded, dict) or not loaded or set(loaded) - {"run", "lorasc"}:
         raise CliError(f"{path} must be a mapping with the sections 'run' and/or 'lorasc' (see RUN/config.yaml of any run); fix its top level")
-    lorasc = section(loaded, "lorasc")
-    expert = typed("lorasc.expert", section(lorasc, "expert"), EXPERT_FIELDS)
-    return {"run": typed("run", section(loaded, "run"), RUN_FIELDS), "lorasc": {**typed("lorasc", lorasc, LORASC_FIELDS, {"expert"}), "expert": expert}}
+    try:
+        lorasc = section(loaded, "lorasc")
+        expert = typed("lorasc.expert", section(lorasc, "expert"), EXPERT_FIELDS)
+        return {"run": typed("run", section(loaded, "run"), RUN_FIELDS), "lorasc": {**typed("lorasc", lorasc, LORASC_FIELDS, {"expert"}), "expert": expert}}
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None  # which file holds the value
 
 
 def section(loaded: dict, name: str) -> dict:
