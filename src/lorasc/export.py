@@ -24,10 +24,13 @@ def _require_finished(cascade: LoRASC) -> None:
         raise RuntimeError(f"cycle {cascade.cycle} is running with noise on the backbone; call cascade.finish() before exporting")
 
 
-def export_dense(cascade: LoRASC, out_dir: str | Path, tokenizer=None) -> Path:
-    """The merged model as a plain transformers checkpoint: same architecture and latency as the base."""
+def export_dense(cascade: LoRASC, out_dir: str | Path, tokenizer=None, dtype: torch.dtype | None = None) -> Path:
+    """The merged model as a plain transformers checkpoint: same architecture and latency as the base;
+    every weight in `dtype` if given (e.g. a float32 head on a bfloat16 backbone)."""
     _require_finished(cascade)
     dense = copy.deepcopy(cascade.model).unload()  # the expert is zero between cycles: nothing left to merge
+    if dtype is not None:
+        dense.to(dtype)
     dense.save_pretrained(out_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)

@@ -58,12 +58,12 @@ class Method:
             perturb_once(model, base.noise_lambda, base.seed)
         return LoRASC(model, self.config(base), grad_batches=grad_batches, check_replicas=check_replicas)
 
-    def export(self, trained: LoRASC, out_dir: Path, tokenizer=None) -> None:
-        """The dense model in out_dir/model, and the exact stacked adapter in out_dir/adapter (not for
-        DoRA, whose merge is full-rank)."""
+    def export(self, trained: LoRASC, out_dir: Path, tokenizer=None, dtype: torch.dtype | None = None) -> None:
+        """The dense model in out_dir/model (in `dtype`), and the exact stacked adapter in out_dir/adapter
+        (float32 factors; not for DoRA, whose merge is full-rank)."""
         if not trained.config.expert.use_dora:
             export_stacked(trained, out_dir / "adapter")
-        export_dense(trained, out_dir / "model", tokenizer)
+        export_dense(trained, out_dir / "model", tokenizer, dtype)
 
     def describe(self, trained: LoRASC) -> dict:
         ranks = delta_ranks(trained)
@@ -82,7 +82,9 @@ class FullFineTuning:
               check_replicas: bool = False) -> FullFineTune:
         return FullFineTune(model)
 
-    def export(self, trained: FullFineTune, out_dir: Path, tokenizer=None) -> None:
+    def export(self, trained: FullFineTune, out_dir: Path, tokenizer=None, dtype: torch.dtype | None = None) -> None:
+        if dtype is not None:
+            trained.model.to(dtype)
         trained.model.save_pretrained(out_dir / "model")
         if tokenizer is not None:
             tokenizer.save_pretrained(out_dir / "model")

@@ -233,9 +233,10 @@ def train(run: RunConfig, config: LoRASCConfig, run_dir: str | Path, resume: boo
 
 
 def summarize(run: RunConfig, config: LoRASCConfig, session: Session, run_dir: Path, wall_seconds: float, loop: Loop, save_models: bool) -> dict:
-    """Evaluate, export and write metrics.json; the run's checkpoints are then removed. The trained
-    weights are first cast to the run's dtype, so that the metrics describe the model as exported
-    (the stacked adapter's factors stay float32: they are the engine's slow state)."""
+    """Export, evaluate and write metrics.json; the run's checkpoints are then removed. The dense
+    model is exported in the run's dtype and the trained weights are cast to it before evaluating, so
+    that the metrics describe the model as exported (the stacked adapter stays float32: its factors
+    are the engine's slow state)."""
     cascade, data, tokenizer = session.cascade, session.data, session.tokenizer
     method, model, num_classes = METHODS[run.method], cascade.model, len(data.labels)
     results = {
@@ -250,12 +251,12 @@ def summarize(run: RunConfig, config: LoRASCConfig, session: Session, run_dir: P
         "trainable_params": sum(p.numel() for p in trainable_parameters(model).values()),
         **method.describe(cascade),
     }
+    if save_models:
+        method.export(cascade, run_dir, tokenizer, run.torch_dtype)
     set_trainable_dtype(model, run.torch_dtype)
     for split, examples in (("train", data.train[: len(data.test)]), ("test", data.test), ("ood", data.ood)):
         results[split] = evaluate(model, tokenizer, examples, run, num_classes)  # train: as many as the test split, so both sides cost alike
     results["config"] = {"run": dataclasses.asdict(run), "lorasc": config.to_dict()}
-    if save_models:
-        method.export(cascade, run_dir, tokenizer)
     (run_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     for folder in run_dir.glob("checkpoint-*"):  # the run is complete: its outputs replace them
         shutil.rmtree(folder)
