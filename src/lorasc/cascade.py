@@ -98,7 +98,8 @@ class LoRASC:
             name: m for name, m in self.model.named_modules() if isinstance(m, LoraLayer) and adapter in m.lora_A
         }
         if not self.layers:
-            raise ValueError(f"expert.target_modules={config.expert.target_modules!r} is not allowed: no LoRA layer named {adapter!r} in the model")
+            raise ValueError(f"expert.target_modules={config.expert.target_modules!r} is not allowed: they match no Linear layer "
+                             f"with a LoRA adapter {adapter!r} (LoRASC adapts Linear layers only); name Linear modules, e.g. attention projections")
         unsupported = sorted(n for n, m in self.layers.items() if not isinstance(m, LoraLinear))
         if unsupported:
             raise ValueError(f"expert.target_modules={config.expert.target_modules!r} is not allowed: LoRASC adapts Linear layers only, not {unsupported[:3]}")
