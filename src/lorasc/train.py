@@ -254,7 +254,7 @@ def summarize(run: RunConfig, config: LoRASCConfig, session: Session, run_dir: P
     if save_models:
         method.export(cascade, run_dir, tokenizer, run.torch_dtype)
     set_trainable_dtype(model, run.torch_dtype)
-    for split, examples in (("train", data.train[: len(data.test)]), ("test", data.test), ("ood", data.ood)):
+    for split, examples in (("train", data.train[: len(data.test)]), ("val", data.val), ("test", data.test), ("ood", data.ood)):
         results[split] = evaluate(model, tokenizer, examples, run, num_classes)  # train: as many as the test split, so both sides cost alike
     results["config"] = {"run": dataclasses.asdict(run), "lorasc": config.to_dict()}
     (run_dir / "metrics.json").write_text(json.dumps(results, indent=2))
