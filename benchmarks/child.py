@@ -6,7 +6,6 @@ the base model, its merged dense export and the unmerged stacked adapter.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
@@ -27,21 +26,10 @@ from lorasc.train import train
 from .protocol import BATCH, MAX_LENGTH
 from .runner import THREADS
 
-FIXED_SPLIT_FIELDS = ("split_seed", "n_val")
-
-
-def run_config(fields: dict) -> RunConfig:
-    known = {f.name for f in dataclasses.fields(RunConfig)}
-    # lorasc's fixed-split change (RunConfig.split_seed and n_val, a "val" entry in train()'s metrics)
-    # removes this check; until then the seed also draws the split and runs have no validation metrics.
-    if not set(FIXED_SPLIT_FIELDS) <= known:
-        fields = {k: v for k, v in fields.items() if k not in FIXED_SPLIT_FIELDS}
-    return RunConfig(**fields)
-
 
 def train_once(spec: dict, run_dir: Path | None = None) -> dict:
     """Train one spec; with `run_dir` the dense model and adapter are exported there."""
-    run, config = run_config(spec["run"]), LoRASCConfig.from_dict(spec["lorasc"])
+    run, config = RunConfig(**spec["run"]), LoRASCConfig.from_dict(spec["lorasc"])
     with tempfile.TemporaryDirectory() as tmp:
         folder = run_dir or Path(tmp)
         metrics = train(run, config, folder, progress=False, save_models=run_dir is not None)

@@ -18,14 +18,14 @@ MAIN = "main"  # the group of the grid and finalist runs: a finalist's seed 0 is
 
 class Board:
     """The results of one file, indexed; `split` is what choices are made on: validation, or the test
-    split where the results have no validation metrics (lorasc before its fixed-split change)."""
+    split where results have no validation metrics (runs from before lorasc's fixed split, or n_val=0)."""
 
     def __init__(self, results: list[dict]):
         self.results = results
         self.tried = {r["key"] for r in results}
         self.finished = {r["key"]: r for r in results if "error" not in r}
         train = [r for r in self.finished.values() if r["kind"] == "train"]
-        self.split = "val" if all("val" in r for r in train) else "test"
+        self.split = "val" if all(r.get("val") for r in train) else "test"  # n_val=0 gives an empty "val"
 
     def run(self, group: str, label: str, lr: float, seed: int) -> dict | None:
         return self.finished.get(run_key(group, label, lr, seed))

@@ -24,12 +24,12 @@ def runs_at(board: Board, label: str, lr: float, group: str = MAIN) -> dict[int,
 
 
 def accuracy_by_seed(runs: dict[int, dict], split: str) -> dict[int, float]:
-    return {seed: r[split]["accuracy"] for seed, r in runs.items() if split in r}
+    return {seed: r[split]["accuracy"] for seed, r in runs.items() if r.get(split)}
 
 
 def row(board: Board, label: str, lr: float) -> dict:
     runs = runs_at(board, label, lr)
-    splits = [s for s in SPLITS if all(s in r for r in runs.values())]
+    splits = [s for s in SPLITS if all(r.get(s) for r in runs.values())]
     first = next(iter(runs.values()))
     return {
         "lr": lr, "seeds": list(runs),

@@ -169,13 +169,15 @@ def test_at_scale_section_is_replaced_in_place_or_appended(tmp_path):
     assert report.read_text() == "# Benchmark\n\n## At scale\n\nnew numbers\n\n## Study\n\nkept\n"
 
 
-def test_fixed_split_fields_reach_lorasc_only_once_it_has_them():
-    from benchmarks.child import FIXED_SPLIT_FIELDS, run_config
+def test_every_seed_sees_the_same_fixed_split():
+    from lorasc.run_config import RunConfig
+    from lorasc.task import load_task
 
-    run = run_config({"method": "lora", "seed": 3, "split_seed": 0, "n_val": 8})
-    assert run.seed == 3 and run.method == "lora"
-    if set(FIXED_SPLIT_FIELDS) <= {f.name for f in dataclasses.fields(run)}:
-        assert (run.split_seed, run.n_val) == (0, 8)
+    specs = [s for s in PLANS["grid"](tiny(select_seeds=(0, 1)), Board([])) if s["lr"] == 1e-3]
+    data = [load_task(RunConfig(**s["run"])) for s in specs]
+    assert [s["seed"] for s in specs] == [0, 1] and len(data[0].val) == QUICK.task.n_val
+    for split in ("train", "val", "test", "ood"):
+        assert getattr(data[0], split) == getattr(data[1], split)
 
 
 @pytest.mark.slow
@@ -191,10 +193,12 @@ def test_tiny_sweep_through_subprocesses(tmp_path, monkeypatch):
     by_key = {r["key"]: r for r in lines}
     lorasc, lora = by_key["main/LoRASC/lr=0.002/seed=0"], by_key["main/LoRA/lr=0.002/seed=0"]
     assert lorasc["cycles"] == 2 and lora["cycles"] == 1 and lora["method"] == "lora"
-    assert 0 <= lora["test"]["accuracy"] <= 1 and lora["seconds_per_step"] > 0 and lora["environment"]["threads"] == 2
+    assert 0 <= lora["val"]["accuracy"] <= 1 and 0 <= lora["test"]["accuracy"] <= 1 and lora["config"]["run"]["split_seed"] == 0
+    assert lora["seconds_per_step"] > 0 and lora["environment"]["threads"] == 2
     assert by_key["latency"]["latency"]["max_abs_logit_diff_dense_vs_adapter"] < 1e-3  # the stacked adapter is exact
 
     cli.main(["--quick", "--results-dir", str(tmp_path)])  # resume: everything is there, nothing reruns
     assert len(read_results(tmp_path / "quick-a.jsonl")) == 5
     markdown = (tmp_path / "quick.md").read_text()
-    assert "LoRASC" in markdown and "forward latency / base" in markdown and "torch 2." in markdown
+    assert "made on validation accuracy averaged over the selection seeds" in markdown
+    assert "forward latency / base" in markdown and "torch 2." in markdown
