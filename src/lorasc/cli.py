@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the run folder's last good checkpoint")
     train.add_argument("--method", choices=RUN_METHODS, default=argparse.SUPPRESS)
     train.add_argument("--task", choices=TASKS, default=argparse.SUPPRESS)
-    train.add_argument("--model", dest="model", default=argparse.SUPPRESS, help="local model folder")
+    train.add_argument("--model", dest="model", default=argparse.SUPPRESS, help="a local model folder, or a built-in model: minilm (the default), smollm2-135m")
     train.add_argument("--data", dest="train_file", default=argparse.SUPPRESS, help="training CSV/JSONL (alias of --train-file)")
     train.add_argument("--no-progress", action="store_true")
     _add_flags(train, RUN_FLAGS)

