@@ -10,8 +10,8 @@ The Llama sizes are built from a LlamaConfig with random weights (cost and exact
 trained model); `minilm` is the packaged all-MiniLM-L6-v2. Batches are random tokens. LoRA is the
 same engine with one cycle and no noise, stepped in the same process, interleaved with LoRASC.
 Each configuration writes results/scale-<device>-<dtype>-<size>.json, then results/scale.md
-(from scale_template.md) is rewritten from every such file; `python -m benchmarks --report` (and the
-older benchmarks/run.py --report) inline it into BENCHMARKS.md as the section "At scale".
+(from scale_template.md) is rewritten from every such file; `python -m benchmarks --report` inlines it
+into BENCHMARKS.md as the section "At scale".
 """
 
 from __future__ import annotations
