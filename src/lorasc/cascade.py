@@ -42,6 +42,7 @@ from .config import LoRASCConfig
 from .distributed import assert_replicas_identical
 from .init import INIT_STRATEGIES, BatchSource
 from .noise import matrix_seed
+from .optimizer_state import carry_state
 from .schedule import cycle_ends, jagged_scheduler
 from .slow import KeepHead, SlowHead, slow_state_for
 
@@ -129,7 +130,7 @@ class LoRASC:
             self.backbone.write(self.slow, self.cycle, offsets)
         self._reset_dora_magnitudes()
         if optimizer is not None:
-            self.carry_optimizer_state(optimizer)
+            carry_state(optimizer, self.expert_params, self.config.optimizer_state, self.config.prune_ratio)
         self.head.begin(self.head_params)
         self.in_cycle = True
 
@@ -204,16 +205,6 @@ class LoRASC:
         if not self.ends:
             raise RuntimeError("call begin(total_steps, steps_per_epoch) before scheduler()")
         return jagged_scheduler(optimizer, self.ends[-1], warmup_steps, self.ends, self.config.rewarmup_steps)
-
-    def carry_optimizer_state(self, optimizer: Optimizer) -> None:
-        """At a new expert: forget its moments (`reset`), keep them, or zero the `prune_ratio` share of
-        smallest magnitude (`prune`, ReLoRA's). The head always keeps its state."""
-        mode = self.config.optimizer_state
-        for p in self.expert_params:
-            if mode == "reset":
-                optimizer.state.pop(p, None)
-            elif mode == "prune" and "exp_avg_sq" in optimizer.state.get(p, {}):
-                prune_smallest(optimizer.state[p], self.config.prune_ratio)
 
     # ---- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -294,15 +285,3 @@ class LoRASC:
                 weight = layer.get_base_layer().weight.float()
                 dora = layer.lora_magnitude_vector[self.adapter]
                 dora.weight.copy_(dora.get_weight_norm(weight, torch.zeros_like(transpose(weight, layer.fan_in_fan_out)), scaling=1))
-
-
-def prune_smallest(state: dict, ratio: float) -> None:
-    """Zero Adam's two moments, in place, at the `ratio` share of entries with the smallest second
-    moment. One mask for both: pruning each by its own magnitude (as ReLoRA does) leaves entries with
-    a first moment but no second, whose step m/(√v + ε) then explodes."""
-    second = state["exp_avg_sq"]
-    k = int(ratio * second.numel())
-    if k > 0:
-        pruned = second <= second.flatten().kthvalue(k).values
-        state["exp_avg"][pruned] = 0
-        second[pruned] = 0
