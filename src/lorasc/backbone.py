@@ -45,8 +45,7 @@ class Backbone:
 
     def pristine32(self, name: str) -> torch.Tensor:
         """W0 of one matrix in float32 on its weight's device (a new tensor: safe to modify)."""
-        device = self.params[name].device
-        return self.pristine[name].to(device, non_blocking=True).to(torch.float32, copy=True)
+        return self.pristine[name].to(self.params[name].device, torch.float32, non_blocking=True, copy=True)
 
     def clean32(self, name: str, slow: SlowState) -> torch.Tensor:
         """W0 + S of the matrix `name` (a parameter name), in float32 on its device."""
