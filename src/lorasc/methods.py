@@ -42,7 +42,6 @@ class Method:
     """A preset of the LoRASC engine: the config fields it fixes, and whether it perturbs the
     backbone once before training (by the configured `noise_lambda`)."""
 
-    name: str
     fields: dict = field(default_factory=dict)  # LoRASCConfig fields
     expert: dict = field(default_factory=dict)  # LoraConfig fields
     perturb_once: bool = False
@@ -73,11 +72,6 @@ class Method:
 class FullFineTuning:
     """Every weight trained with AdamW; exports the whole model."""
 
-    name = "full"
-
-    def config(self, base: LoRASCConfig) -> LoRASCConfig:
-        return base
-
     def build(self, model: torch.nn.Module, base: LoRASCConfig, grad_batches: BatchSource | None = None,
               check_replicas: bool = False) -> FullFineTune:
         return FullFineTune(model)
@@ -94,13 +88,13 @@ class FullFineTuning:
 
 
 METHODS: dict[str, Method | FullFineTuning] = {
-    "lorasc": Method("lorasc"),
-    "lora": Method("lora", ONE_EXPERT),
-    "lora+": Method("lora+", {**ONE_EXPERT, "loraplus_lr_ratio": 16.0}),
-    "rslora": Method("rslora", ONE_EXPERT, {"use_rslora": True}),
-    "dora": Method("dora", ONE_EXPERT, {"use_dora": True}),
-    "cola": Method("cola", {**CHAIN, "rewarmup_steps": 0}),
-    "relora": Method("relora", CHAIN),  # the configured rewarmup_steps
-    "noisytune": Method("noisytune", ONE_EXPERT, perturb_once=True),
+    "lorasc": Method(),
+    "lora": Method(ONE_EXPERT),
+    "lora+": Method({**ONE_EXPERT, "loraplus_lr_ratio": 16.0}),
+    "rslora": Method(ONE_EXPERT, {"use_rslora": True}),
+    "dora": Method(ONE_EXPERT, {"use_dora": True}),
+    "cola": Method({**CHAIN, "rewarmup_steps": 0}),
+    "relora": Method(CHAIN),  # the configured rewarmup_steps
+    "noisytune": Method(ONE_EXPERT, perturb_once=True),
     "full": FullFineTuning(),
 }
