@@ -2,6 +2,7 @@
 
     python -m benchmarks                      # the full protocol on tweets, then BENCHMARKS.md
     python -m benchmarks --task bbc-news      # the second task (a section of BENCHMARKS.md)
+    python -m benchmarks --task bbc-lm        # the causal LM, SmolLM2-135M (a section too)
     python -m benchmarks --study [--regime b] # the settings study, both regimes by default (results/study-<task>.md)
     python -m benchmarks --only grid          # one group (grid, seeds, long, rank1, latency)
     python -m benchmarks --report             # no runs: rewrite the reports from the results there
@@ -9,6 +10,7 @@
     python -m benchmarks --jobs 4 --device cuda
 
 Runs whatever the results file lacks, `--jobs` at a time, each in its own process; a rerun resumes.
+LORASC_BENCH_THREADS (default 2) sets the torch threads of each run.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import json
 from pathlib import Path
 
 from . import RESULTS, ROOT, study
-from .planner import PLANS, Board
+from .planner import MAIN, PLANS, Board
 from .protocol import FULL, PROTOCOLS, QUICK, QUICK_SMALL_DATA, QUICK_STUDIES, SMALL_DATA, STUDIES, Protocol
 from .report import refresh_scale_section, write_report, write_study
 from .runner import default_jobs, read_results, run_missing
@@ -43,7 +45,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def sweep_groups(p: Protocol, groups, board: Board) -> list[dict]:
-    return [spec for group in groups for spec in PLANS[group](p, board)]
+    """The runs still to plan, the finalists' grids and seeds first: a sweep cut short has its comparisons."""
+    specs = [spec for group in groups for spec in PLANS[group](p, board)]
+    return sorted(specs, key=lambda spec: not (spec["group"] == MAIN and spec["label"] in p.finalists))
 
 
 def benchmark(args: argparse.Namespace) -> None:

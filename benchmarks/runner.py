@@ -21,7 +21,7 @@ from pathlib import Path
 from . import ROOT
 from .planner import Board
 
-THREADS = 2  # torch threads per run
+THREADS = int(os.environ.get("LORASC_BENCH_THREADS", "2"))  # torch threads per run; 1 lets two sweeps share two cores
 RUN_TIMEOUT = 1800  # seconds; a run that hangs is recorded as failed
 ENV = {"OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS), "TOKENIZERS_PARALLELISM": "false",
        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}

@@ -14,7 +14,7 @@ from .protocol import Entry, Protocol
 from .stats import describe, paired
 
 SPLITS = ("val", "test", "ood")
-METRICS = ("accuracy", "macro_f1")
+METRICS = ("accuracy", "macro_f1")  # a causal LM has no macro-F1
 REPORTED = ("test", "ood")  # the splits the headline weighs; validation only chooses
 
 
@@ -33,7 +33,8 @@ def row(board: Board, label: str, lr: float) -> dict:
     first = next(iter(runs.values()))
     return {
         "lr": lr, "seeds": list(runs),
-        **{split: {metric: describe([r[split][metric] for r in runs.values()]) for metric in METRICS} for split in splits},
+        **{split: {metric: describe([r[split][metric] for r in runs.values()]) for metric in METRICS if metric in first[split]}
+           for split in splits},
         "accuracy_by_seed": {split: accuracy_by_seed(runs, split) for split in splits},
         "gap": describe([r["train"]["accuracy"] - r["test"]["accuracy"] for r in runs.values()]),
         "effective_rank": first.get("delta_effective_rank"),

@@ -202,3 +202,30 @@ def test_tiny_sweep_through_subprocesses(tmp_path, monkeypatch):
     markdown = (tmp_path / "quick.md").read_text()
     assert "made on validation accuracy averaged over the selection seeds" in markdown
     assert "forward latency / base" in markdown and "torch 2." in markdown
+
+
+def test_the_causal_lm_task_runs_smollm2_and_has_its_own_section(tmp_path):
+    from benchmarks.protocol import LM
+    from benchmarks.report import summarize_file, task_section
+
+    spec = PLANS["grid"](LM, Board([]))[0]
+    assert spec["run"] | {"task": "causal-lm", "model": "smollm2-135m", "batch_size": 8} == spec["run"]
+    assert spec["lorasc"]["expert"]["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    board = settle_groups(LM, ("grid", "seeds"), lorasc_ahead)
+    lm_results = [{**r, **{split: {"accuracy": r[split]["accuracy"], "loss": 1.0} for split in ("val", "test", "ood", "train")}}
+                  for r in board.results]  # a causal LM has no macro-F1
+    (tmp_path / f"{LM.name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lm_results))
+    section = task_section(LM, summarize_file(LM, tmp_path), 7)
+    assert section.startswith("## 7. A causal language model: bbc-lm") and "dequantized from a 4-bit GGUF" in section
+    assert "**ID: LoRASC beats LoRA**" in section and "q_proj, k_proj, v_proj, o_proj" in section and "${" not in section
+    assert json.loads((tmp_path / f"{LM.name}.json").read_text())["rows"]["LoRASC"]["seeds"] == [0, 1, 2]
+
+
+def test_a_sweep_runs_the_finalists_grids_and_seeds_before_the_other_entries():
+    p = dataclasses.replace(FULL, finalists=("LoRA",), rivals=("LoRA",))
+    plan = lambda board: cli.sweep_groups(p, p.groups, board)  # noqa: E731
+    labels = [spec["label"] for spec in plan(Board([]))]
+    assert labels[: 2 * len(p.grids["wide"])] == ["LoRA"] * 2 * len(p.grids["wide"]) and len(set(labels)) > 1
+    board = settle(lambda b: [s for s in PLANS["grid"](p, b) if s["label"] == "LoRA"], peaked_at(2e-3))
+    missing = [(s["label"], s["seed"]) for s in plan(board) if s["key"] not in board.tried]
+    assert missing[: p.final_seeds - 2] == [("LoRA", seed) for seed in range(2, p.final_seeds)]

@@ -58,3 +58,33 @@ def test_smollm2_by_name_on_the_built_in_bbc_topic_task(tmp_path, monkeypatch):
     metrics = json.loads((run / "metrics.json").read_text())
     assert all(0 < metrics[split]["loss"] < 20 for split in ("val", "test", "ood"))  # scored on the topic and end tokens
     assert AutoModelForCausalLM.from_pretrained(smollm2_path()).config.tie_word_embeddings  # the cached folder, reused
+
+
+def test_causal_lm_accuracy_counts_an_example_only_when_its_whole_response_is_predicted(minilm_path):
+    """Hand-set logits: a model that always predicts one token. Responses end with the eos token."""
+    import torch
+
+    from lorasc.data import Example
+    from lorasc.metrics import evaluate
+    from lorasc.run_config import RunConfig
+
+    class AlwaysPredicts(torch.nn.Module):
+        def __init__(self, token: int):
+            super().__init__()
+            self.token, self.bias = token, torch.nn.Parameter(torch.zeros(len(tokenizer)))
+
+        def forward(self, input_ids, attention_mask):
+            logits = self.bias.expand(*input_ids.shape, -1).clone()
+            logits[..., self.token] = 1.0
+            return type("Output", (), {"logits": logits})
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path, eos_token="[SEP]")
+    cat = tokenizer("cat", add_special_tokens=False)["input_ids"]
+    assert len(cat) == 1
+    run = RunConfig(task="causal-lm")
+    # always "cat": [cat, eos] and [cat, cat, eos] get 3 of 5 tokens right and no whole response
+    metrics = evaluate(AlwaysPredicts(cat[0]), tokenizer, [Example("a", "cat"), Example("b", "cat cat")], run, 0)
+    assert metrics["token_accuracy"] == pytest.approx(3 / 5) and metrics["accuracy"] == 0.0
+    # always eos: [eos] is whole, [cat, eos] is not
+    metrics = evaluate(AlwaysPredicts(tokenizer.eos_token_id), tokenizer, [Example("a", ""), Example("b", "cat")], run, 0)
+    assert metrics["token_accuracy"] == pytest.approx(2 / 3) and metrics["accuracy"] == pytest.approx(1 / 2)

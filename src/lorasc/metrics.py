@@ -25,14 +25,15 @@ def macro_f1(pred: torch.Tensor, gold: torch.Tensor, num_classes: int) -> float:
 
 @torch.no_grad()
 def evaluate(model, tokenizer, examples: list[Example], run: RunConfig, num_classes: int) -> dict[str, float]:
-    """Loss and accuracy (classification: accuracy and macro-F1; causal LM: response-token accuracy),
-    on the model's device, under autocast in the run's dtype."""
+    """Loss and accuracy, on the model's device, under autocast in the run's dtype. Classification:
+    accuracy and macro-F1. Causal LM: accuracy is the share of examples whose whole response (with its
+    end-of-sequence token) is the greedy prediction, token_accuracy the share of response tokens."""
     if not examples:
         return {}
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    total_loss, total_items, preds, golds = 0.0, 0, [], []
+    total_loss, total_items, preds, golds, whole = 0.0, 0, [], [], []
     for i in range(0, len(examples), EVAL_BATCH):
         batch = to_device(encode(tokenizer, examples[i : i + EVAL_BATCH], run.task, run.max_length), device)
         with torch.autocast(device.type, dtype=run.torch_dtype, enabled=run.dtype != "float32"):
@@ -40,14 +41,17 @@ def evaluate(model, tokenizer, examples: list[Example], run: RunConfig, num_clas
         total_loss += loss.item()
         total_items += count_items(batch["labels"], run.task)
         scored, labels = scored_labels(logits, batch["labels"], run.task)
-        kept = labels != IGNORED
-        preds.append(scored.argmax(-1)[kept].cpu())
+        kept, predicted = labels != IGNORED, scored.argmax(-1)
+        preds.append(predicted[kept].cpu())
         golds.append(labels[kept].cpu())
+        whole.append(((predicted == labels) | ~kept).all(-1).cpu())
     model.train(was_training)
     pred, gold = torch.cat(preds), torch.cat(golds)
     metrics = {"loss": total_loss / max(1, total_items), "accuracy": (pred == gold).float().mean().item()}
     if run.task == "classification":
         metrics["macro_f1"] = macro_f1(pred, gold, num_classes)
+    else:
+        metrics.update(accuracy=torch.cat(whole).float().mean().item(), token_accuracy=metrics["accuracy"])
     return metrics
 
 
