@@ -64,7 +64,7 @@ def benchmark(args: argparse.Namespace) -> None:
         else:
             print(f"report: nothing written, no results/{reported.name}.jsonl yet")
         return
-    write_report(reported, args.results_dir, markdown, quick=args.quick)
+    write_report(reported, args.results_dir, markdown, quick=args.quick, readme=ROOT / "README.md" if published else None)
     print(f"report: {markdown}")
 
 

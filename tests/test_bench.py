@@ -220,6 +220,15 @@ def test_the_causal_lm_task_runs_smollm2_and_has_its_own_section(tmp_path):
     assert "**ID: LoRASC beats LoRA**" in section and "q_proj, k_proj, v_proj, o_proj" in section and "${" not in section
     assert json.loads((tmp_path / f"{LM.name}.json").read_text())["rows"]["LoRASC"]["seeds"] == [0, 1, 2]
 
+    from benchmarks.report import write_readme_headline
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- benchmark-headline -->\nold\n<!-- /benchmark-headline -->\n\nkept\n")
+    assert write_readme_headline(readme, [(LM, json.loads((tmp_path / f"{LM.name}.json").read_text()))])
+    text = readme.read_text()
+    assert "old" not in text and text.endswith("<!-- /benchmark-headline -->\n\nkept\n") and "SmolLM2-135M" in text
+    assert "**ID: LoRASC beats LoRA**" in text and "best rival: " in text and "${" not in text
+
 
 def test_a_sweep_runs_the_finalists_grids_and_seeds_before_the_other_entries():
     p = dataclasses.replace(FULL, finalists=("LoRA",), rivals=("LoRA",))
