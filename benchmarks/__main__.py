@@ -45,9 +45,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def sweep_groups(p: Protocol, groups, board: Board) -> list[dict]:
-    """The runs still to plan, the finalists' grids and seeds first: a sweep cut short has its comparisons."""
+    """The runs still to plan: LoRA's and LoRASC's grids and seeds first, then the other finalists', so
+    a sweep cut short has its headline; then everything else, in plan order."""
     specs = [spec for group in groups for spec in PLANS[group](p, board)]
-    return sorted(specs, key=lambda spec: not (spec["group"] == MAIN and spec["label"] in p.finalists))
+    headline = (p.baseline, p.lorasc)
+    return sorted(specs, key=lambda spec: (spec["group"] != MAIN or spec["label"] not in p.finalists, spec["label"] not in headline))
 
 
 def benchmark(args: argparse.Namespace) -> None:

@@ -230,7 +230,10 @@ def test_the_causal_lm_task_runs_smollm2_and_has_its_own_section(tmp_path):
     assert "**ID: LoRASC beats LoRA**" in text and "best rival: " in text and "${" not in text
 
 
-def test_a_sweep_runs_the_finalists_grids_and_seeds_before_the_other_entries():
+def test_a_sweep_runs_the_headline_then_the_finalists_then_the_other_entries():
+    order = [spec["label"] for spec in cli.sweep_groups(FULL, FULL.groups, Board([]))]
+    first_seen = list(dict.fromkeys(order))
+    assert first_seen[:2] == ["LoRA", "LoRASC"] and set(first_seen[2:5]) == set(FULL.finalists) - {"LoRA", "LoRASC"}
     p = dataclasses.replace(FULL, finalists=("LoRA",), rivals=("LoRA",))
     plan = lambda board: cli.sweep_groups(p, p.groups, board)  # noqa: E731
     labels = [spec["label"] for spec in plan(Board([]))]
