@@ -143,7 +143,7 @@ QUICK = Protocol(
     groups=("grid", "seeds", "long", "rank1", "latency"), long_labels=("LoRASC",), rank1_labels=("LoRASC",), latency_passes=5,
     long=dataclasses.replace(LONG, title="48 examples for 2 epochs, a cycle per epoch", n_train=48, epochs=2),
 )
-# the causal LM costs ~20× a MiniLM run here: one selection seed, three final seeds
+# a SmolLM2 run costs more than a MiniLM run on a CPU: one selection seed, three final seeds
 LM = Protocol(
     BBC_LM, Regime("a", "one epoch of the training pool", epochs=1, num_cycles=2), labels=("LoRA", "DoRA", "COLA", "LoRASC"),
     grids={"wide": (3e-4, 1e-3, 3e-3)}, select_seeds=(0,), final_seeds=3, finalists=("LoRA", "DoRA", "COLA", "LoRASC"),
