@@ -211,6 +211,10 @@ def test_the_causal_lm_task_runs_smollm2_and_has_its_own_section(tmp_path):
     spec = PLANS["grid"](LM, Board([]))[0]
     assert spec["run"] | {"task": "causal-lm", "model": "smollm2-135m", "batch_size": 8} == spec["run"]
     assert spec["lorasc"]["expert"]["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    from lorasc.config import LoRASCConfig
+    from lorasc.run_config import RunConfig
+
+    RunConfig(**spec["run"]), LoRASCConfig.from_dict(spec["lorasc"])  # what the child builds: valid settings
     board = settle_groups(LM, ("grid", "seeds"), lorasc_ahead)
     lm_results = [{**r, **{split: {"accuracy": r[split]["accuracy"], "loss": 1.0} for split in ("val", "test", "ood", "train")}}
                   for r in board.results]  # a causal LM has no macro-F1
