@@ -44,15 +44,14 @@ def evaluate(model, tokenizer, examples: list[Example], run: RunConfig, num_clas
         kept, predicted = labels != IGNORED, scored.argmax(-1)
         preds.append(predicted[kept].cpu())
         golds.append(labels[kept].cpu())
-        whole.append(((predicted == labels) | ~kept).all(-1).cpu())
+        if run.task == "causal-lm":  # an example is right when every token of its response is
+            whole.append(((predicted == labels) | ~kept).all(-1).cpu())
     model.train(was_training)
     pred, gold = torch.cat(preds), torch.cat(golds)
-    metrics = {"loss": total_loss / max(1, total_items), "accuracy": (pred == gold).float().mean().item()}
+    loss, share_right = total_loss / max(1, total_items), (pred == gold).float().mean().item()
     if run.task == "classification":
-        metrics["macro_f1"] = macro_f1(pred, gold, num_classes)
-    else:
-        metrics.update(accuracy=torch.cat(whole).float().mean().item(), token_accuracy=metrics["accuracy"])
-    return metrics
+        return {"loss": loss, "accuracy": share_right, "macro_f1": macro_f1(pred, gold, num_classes)}
+    return {"loss": loss, "accuracy": torch.cat(whole).float().mean().item(), "token_accuracy": share_right}
 
 
 class CsvLog:
