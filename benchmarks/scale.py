@@ -36,15 +36,16 @@ from peft import LoraConfig  # noqa: E402
 
 if __package__:  # imported as benchmarks.scale
     from .scale_checks import DeviceMemory, MergeReference, copy_experts, noise_check, snapshot_linears, timed
-    from .scale_models import DTYPES, PRESETS, build_model, random_batches
+    from .scale_models import PRESETS, build_model, random_batches
     from .scale_report import write_report
 else:  # python benchmarks/scale.py: this folder is sys.path[0]
     from scale_checks import DeviceMemory, MergeReference, copy_experts, noise_check, snapshot_linears, timed
-    from scale_models import DTYPES, PRESETS, build_model, random_batches
+    from scale_models import PRESETS, build_model, random_batches
     from scale_report import write_report
 
 from lorasc import LoRASC, LoRASCConfig  # noqa: E402
 from lorasc.export import stacked_factors  # noqa: E402
+from lorasc.run_config import DTYPES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

