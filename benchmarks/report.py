@@ -175,12 +175,12 @@ README_BLOCK = re.compile(r"(<!-- benchmark-headline -->\n).*?(<!-- /benchmark-h
 def write_readme_headline(readme: Path, summaries: list[tuple[Protocol, dict]]) -> bool:
     """Rewrite the README's block between its benchmark-headline markers from each task's verdicts;
     False when the README has no such block."""
-    _, parts = fragments("readme.md")
-    tasks = [fill(parts[p.task.name], **protocol_values(p), rival=s["rival"] or "none") + "\n" + headline(p, s)["headline"]
-             for p, s in summaries]
     text = readme.read_text()
     if not README_BLOCK.search(text):
         return False
+    _, parts = fragments("readme.md")
+    tasks = [fill(parts[p.task.name], **protocol_values(p), rival=s["rival"] or "none") + "\n" + headline(p, s)["headline"]
+             for p, s in summaries]
     body = "\n\n".join([parts["intro"], *tasks])
     readme.write_text(README_BLOCK.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text))
     return True
