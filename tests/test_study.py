@@ -34,7 +34,7 @@ def accuracy(spec, split):
 
 def protocol():
     base = dataclasses.replace(QUICK, grids={"wide": (1e-3, 3e-3)}, select_seeds=(0, 1), final_seeds=5, rivals=("LoRA", "DoRA"), max_extensions=0)
-    return study.study_protocol(base, QUICK.regime)
+    return study.study_protocol(base)
 
 
 def test_stages_find_the_best_setting_and_give_it_the_finalists_seeds():
