@@ -52,11 +52,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def sweep_groups(p: Protocol, groups, board: Board) -> list[dict]:
-    """The runs still to plan: LoRA's and LoRASC's grids and seeds first, then the other finalists', so
-    a sweep cut short has its headline; then everything else, in plan order."""
+    """The runs still to plan: LoRA's and LoRASC's grids and seeds first, then the other finalists' one
+    finalist after another (its seeds as soon as its grid has chosen), so a sweep cut short has its
+    headline and whole rows; then everything else, in plan order."""
     specs = [spec for group in groups for spec in PLANS[group](p, board)]
     headline = (p.baseline, p.lorasc)
-    return sorted(specs, key=lambda spec: (spec["group"] != MAIN or spec["label"] not in p.finalists, spec["label"] not in headline))
+
+    def rank(spec: dict) -> tuple:
+        finalist = spec["group"] == MAIN and spec["label"] in p.finalists
+        return not finalist, spec["label"] not in headline, p.labels.index(spec["label"]) if finalist else 0
+
+    return sorted(specs, key=rank)
 
 
 def benchmark(args: argparse.Namespace) -> None:

