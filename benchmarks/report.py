@@ -52,8 +52,16 @@ def headline(p: Protocol, s: dict) -> dict[str, str]:
         lines.append(verdict_line(parts, split, s["headline"][split]["baseline"], p.lorasc, p.baseline))
         if s["rival"] not in (None, p.baseline):
             lines.append(verdict_line(parts, split, s["headline"][split]["rival"], p.lorasc, s["rival"]))
-    rival = fill(parts["rival"], rival=s["rival"], rivals=" / ".join(p.rivals), selection=SPLIT_NAMES[s["selection_split"]]) if s["rival"] else ""
-    return {"headline": "\n".join(lines), "rival_line": rival, "selection_line": parts[f"select-{s['selection_split']}"]}
+    return {"headline": "\n".join(lines), "rival_line": rival_line(parts, p, s), "selection_line": parts[f"select-{s['selection_split']}"]}
+
+
+def rival_line(parts: dict[str, str], p: Protocol, s: dict) -> str:
+    """Which rival LoRASC is weighed against, among the rivals that have results, and which have none yet."""
+    if not s["rival"]:
+        return ""
+    ran, not_run = [label for label in p.rivals if label in s["rows"]], [label for label in p.rivals if label not in s["rows"]]
+    return fill(parts["rival"], rival=s["rival"], rivals=" / ".join(ran), selection=SPLIT_NAMES[s["selection_split"]],
+                not_run=fill(parts["not-run"], rivals=", ".join(not_run)) if not_run else "")
 
 
 # ---- the benchmark report -------------------------------------------------------------------------
