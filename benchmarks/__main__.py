@@ -90,7 +90,7 @@ def settings_study(args: argparse.Namespace) -> None:
     benchmarks = {"a": base, "b": PROTOCOLS.get(f"{base.task.name}-b", dataclasses.replace(base, regime=small))}
     protocols = {name: study.study_protocol(p) for name, p in benchmarks.items()}  # each shares its benchmark's runs and seeds
     if not args.report:
-        for name in [args.regime] if args.regime else list(regimes):
+        for name in [args.regime] if args.regime else list(protocols):
             p = protocols[name]
             run_missing(args.results_dir / f"{p.name}.jsonl", functools.partial(study.plan, p, studies[name]), args.jobs, args.device)
     summaries = []

@@ -76,3 +76,10 @@ def test_quick_study_runs_regime_b_with_its_own_rivals(tmp_path, monkeypatch):
     results = read_results(tmp_path / "quick-b.jsonl")
     assert {r["label"] for r in results} >= {"LoRA", "LoRASC", "λ=0"} and not (tmp_path / "quick-a.jsonl").exists()
     assert "Regime (b)" in (tmp_path / "study-quick.md").read_text()
+
+
+def test_the_study_runs_both_regimes_by_default(tmp_path, monkeypatch):
+    given = install(monkeypatch, accuracy)
+    cli.main(["--study", "--quick", "--results-dir", str(tmp_path)])
+    assert {(s["run"]["n_train"], s["run"]["epochs"]) for s in given} == {(QUICK.task.n_train, 1), (48, 3)}
+    assert (tmp_path / "quick-a.jsonl").exists() and (tmp_path / "quick-b.jsonl").exists()
