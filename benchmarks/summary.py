@@ -59,7 +59,8 @@ def comparisons(p: Protocol, rows: dict[str, dict], selection_split: str) -> dic
         "rival": rival,
         "headline": {split: {"baseline": versus(rows, p.lorasc, p.baseline, split), "rival": versus(rows, p.lorasc, rival, split)}
                      for split in REPORTED},
-        "against_baseline": {label: {split: versus(rows, label, p.baseline, split) for split in REPORTED} for label in rows},
+        "against_baseline": {label: {split: None if label == p.baseline else versus(rows, label, p.baseline, split) for split in REPORTED}
+                             for label in rows},
     }
 
 

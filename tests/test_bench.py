@@ -118,6 +118,8 @@ def test_quick_report_from_templates(tmp_path, monkeypatch):
     assert "**ID: LoRASC beats LoRA** by +3.0 points (95 % CI +3.0 to +3.0, paired over 2 seeds)" in markdown
     assert "made on validation accuracy averaged over the selection seeds" in markdown and "## Failed runs" in markdown
     assert "${" not in markdown and "Quick smoke-test mode" in markdown
+    lora_row = next(line for line in markdown.splitlines() if line.startswith("| LoRA | "))
+    assert lora_row.count("| — |") == 2 and "+0.0 [" not in lora_row  # LoRA is not compared with itself
     for plot in ("quick-a_main.png", "quick-a_lr.png", "quick-a_long.png", "quick-a_cost.png"):
         assert (tmp_path / plot).stat().st_size > 1000 and plot in markdown
     assert json.loads((tmp_path / "quick-a.json").read_text())["headline"]["test"]["baseline"]["verdict"] == "beats"
