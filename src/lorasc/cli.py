@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from .checkpoint import disk_full
 from .config import LoRASCConfig
 from .model_files import check_rank, targeted_shapes, weight_shapes
-from .run_config import RUN_METHODS, TASKS, RunConfig
+from .run_config import PEFT_TASK_TYPES, RUN_METHODS, TASKS, RunConfig
 from .run_folder import (check_data_unchanged, check_export_folder, check_output_dir, check_resumable, finished_run, remove_unstarted, run_lock,
                          write_data_digests)
 from .settings import EXPERT_FLAGS, LORASC_FIELDS, RUN_FLAGS, CliError, resolve, write_config
@@ -181,7 +181,7 @@ def command_export(args: argparse.Namespace) -> int:
     labels = load_task(run).labels
     tuned = load_model(dataclasses.replace(run, model=str(args.run / "model")), labels)[0]
     base = load_model(run, labels)[0]
-    expert = dataclasses.replace(config.expert, r=args.rank, use_dora=False, task_type="SEQ_CLS" if run.task == "classification" else "CAUSAL_LM")
+    expert = dataclasses.replace(config.expert, r=args.rank, use_dora=False, task_type=PEFT_TASK_TYPES[run.task])
     errors = export_compressed_between(tuned, base, expert, out, args.rank)
     mean = sum(errors.values()) / len(errors)
     print(f"wrote {out}: rank {args.rank}, relative reconstruction error mean {mean:.4f}, max {max(errors.values()):.4f} (per layer in compression.json)")

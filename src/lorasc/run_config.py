@@ -12,7 +12,8 @@ from .config import require
 from .data import DATASETS
 from .methods import METHODS
 
-TASKS = ("classification", "causal-lm")
+PEFT_TASK_TYPES = {"classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}  # a run's task -> the expert's PEFT task type
+TASKS = tuple(PEFT_TASK_TYPES)
 RUN_METHODS = tuple(METHODS)  # methods.py: the engine's presets, and full fine-tuning as the upper reference
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -31,11 +31,10 @@ from .config import LoRASCConfig
 from .data import DataError, TaskData
 from .metrics import CsvLog, evaluate
 from .methods import METHODS, Trained
-from .run_config import RunConfig
+from .run_config import PEFT_TASK_TYPES, RunConfig
 from .task import batch_at, count_items, encode, load_model, load_task, model_path, summed_loss, to_device
 
 PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}  # Accelerate's names
-TASK_TYPES = {"classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}  # PEFT's
 
 
 def make_accelerator(run: RunConfig) -> Accelerator:
@@ -85,7 +84,7 @@ def set_trainable_dtype(model: torch.nn.Module, dtype: torch.dtype) -> None:
 def build_method(run: RunConfig, config: LoRASCConfig, model, tokenizer, data: TaskData, accelerator: Accelerator) -> Trained:
     """The run's method set up on `model` (methods.py), its expert named after the run's task."""
     if config.expert.task_type is None:  # for a classifier, PEFT then trains the new head in full
-        config = dataclasses.replace(config, expert=dataclasses.replace(config.expert, task_type=TASK_TYPES[run.task]))
+        config = dataclasses.replace(config, expert=dataclasses.replace(config.expert, task_type=PEFT_TASK_TYPES[run.task]))
 
     def upcoming_batches():  # LoRA-GA's estimate: the global batches the new expert trains on first, the same on every rank
         steps = range(trained.steps, trained.steps + config.gradient_batches)
