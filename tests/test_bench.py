@@ -215,6 +215,11 @@ def section_of_a_sweep(p, folder, number, rewrite=lambda result: {}):
     return task_section(p, summarize_file(p, folder), number)
 
 
+def without_f1(result):
+    """A causal LM's metrics: accuracy and loss, no macro-F1."""
+    return {split: {"accuracy": result[split]["accuracy"], "loss": 1.0} for split in ("val", "test", "ood", "train")}
+
+
 def test_the_causal_lm_task_runs_smollm2_and_has_its_own_section(tmp_path):
     from benchmarks.protocol import LM
 
@@ -225,8 +230,7 @@ def test_the_causal_lm_task_runs_smollm2_and_has_its_own_section(tmp_path):
     from lorasc.run_config import RunConfig
 
     RunConfig(**spec["run"]), LoRASCConfig.from_dict(spec["lorasc"])  # what the child builds: valid settings
-    section = section_of_a_sweep(LM, tmp_path, 7, lambda r: {split: {"accuracy": r[split]["accuracy"], "loss": 1.0}
-                                                           for split in ("val", "test", "ood", "train")})  # a causal LM has no macro-F1
+    section = section_of_a_sweep(LM, tmp_path, 7, without_f1)
     assert section.startswith("## 7. A causal language model: bbc-lm") and "dequantized from a 4-bit GGUF" in section
     assert "**ID: LoRASC beats LoRA**" in section and "q_proj, k_proj, v_proj, o_proj" in section and "${" not in section
     assert json.loads((tmp_path / f"{LM.name}.json").read_text())["rows"]["LoRASC"]["seeds"] == [0, 1, 2]
@@ -266,9 +270,23 @@ def test_regime_b_is_benchmarked_on_the_tweets_and_has_its_own_section(tmp_path)
     headline_only = dataclasses.replace(small, labels=("LoRA", "LoRASC"), finalists=("LoRA", "LoRASC"))  # the rivals: all four
     assert "the best of LoRA on validation accuracy at its chosen learning rate. Not run yet: LoRA+, DoRA, COLA." in section_of_a_sweep(
         headline_only, tmp_path, 6)
-    with pytest.raises(SystemExit) as exit_:
-        cli.main(["--task", "bbc-news", "--regime", "b", "--results-dir", str(tmp_path)])
-    assert exit_.value.code == 2
+
+
+@pytest.mark.parametrize("name, n_train, steps, heading", [("bbc-news-b", 960, 600, "## 9. Small data: bbc-news, regime (b): the 960-article pool"),
+                                                          ("bbc-lm-b", 1000, 1250, "## 10. Small data: bbc-lm, regime (b): 1,000 examples")])
+def test_the_other_tasks_have_a_regime_b_with_a_section_and_a_readme_line(tmp_path, name, n_train, steps, heading):
+    from benchmarks.protocol import PROTOCOLS
+    from benchmarks.report import write_readme_headline
+
+    p = PROTOCOLS[name]
+    spec = PLANS["grid"](p, Board([]))[0]
+    assert (spec["run"]["n_train"], spec["run"]["epochs"], spec["lorasc"]["num_cycles"], p.select_seeds) == (n_train, 10, 4, (0,))
+    section = section_of_a_sweep(p, tmp_path, int(heading.split()[1][:-1]), without_f1)
+    assert section.startswith(heading) and f"{n_train} training" in section and f"for {steps} steps" in section and "${" not in section
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- benchmark-headline -->\n<!-- /benchmark-headline -->\n")
+    assert write_readme_headline(readme, [(p, json.loads((tmp_path / f"{name}.json").read_text()))])
+    assert f"for {steps} steps (small data, many epochs)" in readme.read_text()
 
 
 def test_a_cut_short_sweep_finishes_each_finalist_before_the_next_starts():
