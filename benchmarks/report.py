@@ -216,7 +216,15 @@ def refresh_scale_section(markdown: Path, results_dir: Path) -> bool:
 def study_regime(p: Protocol, s: dict, heatmap_png: Path, folder: Path, parts: dict[str, str]) -> str:
     return fill(parts["regime"], **headline(p, s), title=p.regime.title[:1].upper() + p.regime.title[1:],
                 heatmap=image(heatmap_png, folder, "α × LR") if s["grids"] else "", settings=settings_table(s, s["settings"]),
-                finalists=finalists_table(s, s["finalists"]))
+                search=search_state(s, parts), finalists=finalists_table(s, s["finalists"]))
+
+
+def search_state(s: dict, parts: dict[str, str]) -> str:
+    """The best setting, or which settings a study cut short has not chosen an LR for yet."""
+    if s["best"]:
+        return fill(parts["search-done"], best=s["best"])
+    pending = [label for label in s["settings"] if label not in s["rows"]]
+    return fill(parts["search-open"], pending=", ".join(pending), have="has" if len(pending) == 1 else "have")
 
 
 def write_study(regimes: list[tuple[Protocol, dict]], results_dir: Path, markdown: Path) -> Path:

@@ -62,6 +62,14 @@ def test_summary_and_report(tmp_path):
     markdown = write_study([(p, s)], tmp_path, tmp_path / "study.md").read_text()
     assert "**ID: init=orthogonal + state=keep beats LoRA**" in markdown and "| state=prune | 0.003 | 2 |" in markdown
     assert (tmp_path / f"study-{p.name}_heatmap.png").stat().st_size > 1000
+    assert "The best setting of all, on validation: **init=orthogonal + state=keep**." in markdown
+
+
+def test_a_study_cut_short_says_what_it_has_not_chosen(tmp_path):
+    p = protocol()
+    board = settle(lambda b: [spec for spec in study.plan(p, SETTINGS, b) if spec["label"] != "LoRASC α=0.8"], accuracy)
+    markdown = write_study([(p, study.summarize(p, SETTINGS, board))], tmp_path, tmp_path / "study.md").read_text()
+    assert "**The search has not finished**: LoRASC α=0.8 has no chosen LR yet." in markdown and "The best setting of all" not in markdown
 
 
 def test_nothing_is_chosen_before_the_heatmap_is_complete():
