@@ -188,6 +188,14 @@ def test_full_fine_tuning_reference(tmp_path, minilm_path):
     assert changed.any() and not (run / "adapter").exists()  # every weight trains; no adapter to export
 
 
+def test_metrics_record_the_config_the_method_ran_with(tmp_path):
+    """ReLoRA fixes λ = 0 whatever --noise-lambda says; its metrics must not show the 0.3 it ignored."""
+    run = tmp_path / "relora"
+    assert cli("train", "--method", "relora", "--noise-lambda", "0.3", "--output-dir", run, "--max-steps", "2", "--num-cycles", "2", *TINY) == 0
+    recorded = json.loads((run / "metrics.json").read_text())["config"]["lorasc"]
+    assert (recorded["noise_lambda"], recorded["slow_alpha"], recorded["num_cycles"]) == (0.0, 1.0, 2)
+
+
 def test_the_second_built_in_task_trains_a_five_topic_head(tmp_path):
     run = tmp_path / "bbc"
     assert cli("train", "--dataset", "bbc-news", "--output-dir", run, "--max-steps", "4", *TINY) == 0

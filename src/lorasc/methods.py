@@ -72,6 +72,9 @@ class Method:
 class FullFineTuning:
     """Every weight trained with AdamW; exports the whole model."""
 
+    def config(self, base: LoRASCConfig) -> LoRASCConfig:
+        return base  # no cascade: the fields are recorded as given and unused
+
     def build(self, model: torch.nn.Module, base: LoRASCConfig, grad_batches: BatchSource | None = None,
               check_replicas: bool = False) -> FullFineTune:
         return FullFineTune(model)

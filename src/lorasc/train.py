@@ -255,7 +255,7 @@ def summarize(run: RunConfig, config: LoRASCConfig, session: Session, run_dir: P
     set_trainable_dtype(model, run.torch_dtype)
     for split, examples in (("train", data.train[: len(data.test)]), ("val", data.val), ("test", data.test), ("ood", data.ood)):
         results[split] = evaluate(model, tokenizer, examples, run, num_classes)  # train: as many as the test split, so both sides cost alike
-    results["config"] = {"run": dataclasses.asdict(run), "lorasc": config.to_dict()}
+    results["config"] = {"run": dataclasses.asdict(run), "lorasc": method.config(config).to_dict()}  # as the method ran it
     (run_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     for folder in run_dir.glob("checkpoint-*"):  # the run is complete: its outputs replace them
         shutil.rmtree(folder)
