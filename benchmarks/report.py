@@ -216,7 +216,8 @@ def refresh_scale_section(markdown: Path, results_dir: Path) -> bool:
 def study_regime(p: Protocol, s: dict, heatmap_png: Path, folder: Path, parts: dict[str, str]) -> str:
     return fill(parts["regime"], **headline(p, s), title=p.regime.title[:1].upper() + p.regime.title[1:],
                 heatmap=image(heatmap_png, folder, "α × LR") if s["grids"] else "", settings=settings_table(s, s["settings"]),
-                search=search_state(s, parts), finalists=finalists_table(s, s["finalists"]))
+                search=search_state(s, parts), finalists=finalists_table(s, s["finalists"]),
+                selection=SPLIT_NAMES[s["selection_split"]], select_seeds=", ".join(map(str, s["select_seeds"])))
 
 
 def search_state(s: dict, parts: dict[str, str]) -> str:

@@ -89,8 +89,9 @@ def failures_table(s: dict) -> str:
 
 
 def settings_table(s: dict, labels) -> str:
-    """The study's settings at their chosen LR: mean accuracy over the seeds they ran."""
-    rows = [[label, f"{r['lr']:g}", len(r["seeds"]), pct(r["val"]["accuracy"]["mean"]) if "val" in r else DASH, pct(r["test"]["accuracy"]["mean"]),
-             pct(r["ood"]["accuracy"]["mean"]), DASH if r["effective_rank"] is None else f"{r['effective_rank']:.1f}"]
+    """The study's settings at their chosen LR: the score each choice compared (the selection split over
+    the selection seeds), then mean accuracy over every seed the setting ran."""
+    rows = [[label, f"{r['lr']:g}", pct(s["selection_scores"][label]), len(r["seeds"]), pct(r["val"]["accuracy"]["mean"]) if "val" in r else DASH,
+             pct(r["test"]["accuracy"]["mean"]), pct(r["ood"]["accuracy"]["mean"]), DASH if r["effective_rank"] is None else f"{r['effective_rank']:.1f}"]
             for label, r in s["rows"].items() if label in labels]
-    return md_table(["setting", "chosen LR", "seeds", "val acc %", "ID acc %", "OOD acc %", "eff. rank"], rows)
+    return md_table(["setting", "chosen LR", "chosen on (%)", "seeds", "val acc %", "ID acc %", "OOD acc %", "eff. rank"], rows)

@@ -60,7 +60,8 @@ def test_summary_and_report(tmp_path):
     assert s["headline"]["test"]["baseline"]["verdict"] == "beats"
     assert s["headline"]["test"]["baseline"]["diff"] == pytest.approx(0.66 + 0.05 + 0.01 + 0.02 + 0.01 - 0.70)
     markdown = write_study([(p, s)], tmp_path, tmp_path / "study.md").read_text()
-    assert "**ID: init=orthogonal + state=keep beats LoRA**" in markdown and "| state=prune | 0.003 | 2 |" in markdown
+    assert "**ID: init=orthogonal + state=keep beats LoRA**" in markdown and "| state=prune | 0.003 | 72.5 | 2 |" in markdown
+    assert "| init=orthogonal + state=keep | 0.003 | 75.1 | 5 | 75.2 |" in markdown  # chosen on seeds 0-1; then all 5
     assert (tmp_path / f"study-{p.name}_heatmap.png").stat().st_size > 1000
     assert "The best setting of all, on validation: **init=orthogonal + state=keep**." in markdown
 
