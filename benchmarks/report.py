@@ -19,7 +19,7 @@ from .protocol import BATCH, FULL, LORA_SCALE, LR_STEP, MAX_LENGTH, PROTOCOLS, S
 from .runner import THREADS, read_results
 from .summary import REPORTED, summarize
 from .tables import (cost_table, failures_table, finalists_table, grid_table, latency_table, long_table, lr_list, main_table, rank1_table,
-    settings_table, signed)
+    seed_list, settings_table, signed)
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 SPLIT_NAMES = {"test": "ID", "ood": "OOD", "val": "validation"}
@@ -72,7 +72,7 @@ def protocol_values(p: Protocol) -> dict:
             "cycles": p.regime.num_cycles or p.regime.epochs, "rank": DEFAULT_EXPERT["r"], "scale": f"{LORA_SCALE:g}",
             "targets": ", ".join({**DEFAULT_EXPERT, **p.task.expert}["target_modules"]), "batch": p.task.batch_size, "max_length": MAX_LENGTH,
             "warmup": f"{100 * WARMUP_SHARE:g}", "grids": "; ".join(f"{name}: {lr_list(lrs)}" for name, lrs in p.grids.items()),
-            "select_seeds": ", ".join(map(str, p.select_seeds)), "lr_step": f"{LR_STEP:g}", "max_extensions": p.max_extensions,
+            "select_seeds": seed_list(p.select_seeds), "lr_step": f"{LR_STEP:g}", "max_extensions": p.max_extensions,
             "finalists": ", ".join(p.finalists), "last_seed": p.final_seeds - 1, "results": p.name}
 
 
@@ -217,7 +217,7 @@ def study_regime(p: Protocol, s: dict, heatmap_png: Path, folder: Path, parts: d
     return fill(parts["regime"], **headline(p, s), title=p.regime.title[:1].upper() + p.regime.title[1:],
                 heatmap=image(heatmap_png, folder, "α × LR") if s["grids"] else "", settings=settings_table(s, s["settings"]),
                 search=search_state(s, parts), finalists=finalists_table(s, s["finalists"]),
-                selection=SPLIT_NAMES[s["selection_split"]], select_seeds=", ".join(map(str, s["select_seeds"])))
+                selection=SPLIT_NAMES[s["selection_split"]], select_seeds=seed_list(p.select_seeds))
 
 
 def search_state(s: dict, parts: dict[str, str]) -> str:

@@ -88,7 +88,7 @@ def summarize(p: Protocol, study: Study, board: Board) -> dict:
     rows = chosen_rows(p, entries, board)
     lorasc = dataclasses.replace(p, lorasc=best or alpha_label(LoRASCConfig.slow_alpha))
     return {
-        "protocol": p.name, "selection_split": board.split, "best": best, "rows": rows, "select_seeds": list(p.select_seeds),
+        "protocol": p.name, "selection_split": board.split, "best": best, "rows": rows,
         "selection_scores": {label: board.score(label, r["lr"], p.select_seeds) for label, r in rows.items()},  # what each choice compared
         "heatmap": [*heatmap_entries(study), *p.rivals],
         "settings": [label for label in entries if label not in p.rivals],

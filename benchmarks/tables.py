@@ -24,6 +24,10 @@ def lr_list(lrs) -> str:
     return ", ".join(f"{lr:g}" for lr in lrs)
 
 
+def seed_list(seeds) -> str:
+    return ", ".join(map(str, seeds))
+
+
 def interval(c: dict | None) -> str:
     """A paired difference with its 95 % interval, in points."""
     if c is None or c["diff"] is None:
