@@ -8,6 +8,7 @@ from peft import LoraConfig
 
 from conftest import tiny_llama, token_batches, train_cascade
 from lorasc import LoRASCConfig
+from lorasc.data import DataError
 from lorasc.methods import METHODS
 
 BASE = LoRASCConfig(slow_alpha=0.5, noise_lambda=0.15, num_cycles=2, rewarmup_steps=1,
@@ -30,6 +31,19 @@ def test_presets_fix_their_fields_and_keep_the_users_others(name, fields):
 def test_expert_presets():
     assert METHODS["dora"].config(BASE).expert.use_dora and METHODS["rslora"].config(BASE).expert.use_rslora
     assert not METHODS["lora"].config(BASE).expert.use_dora
+
+
+def test_input_checks_see_each_methods_own_cycle_plan(tmp_path):
+    """Ten cycles cannot fit six steps, but LoRA's preset runs one; full fine-tuning has no cycles and no targets."""
+    tiny_llama().save_pretrained(tmp_path)
+    base = LoRASCConfig(num_cycles=10, expert=BASE.expert)
+    with pytest.raises(ValueError, match="num_cycles=10 is not allowed"):
+        METHODS["lorasc"].check_inputs(base, tmp_path, steps_per_epoch=3, total_steps=6)
+    METHODS["lora"].check_inputs(base, tmp_path, steps_per_epoch=3, total_steps=6)
+    unknown_targets = LoRASCConfig(num_cycles=10, expert=LoraConfig(r=2, target_modules=["nothing"]))
+    with pytest.raises(DataError, match="matches no layer"):
+        METHODS["lora"].check_inputs(unknown_targets, tmp_path, steps_per_epoch=3, total_steps=6)
+    METHODS["full"].check_inputs(unknown_targets, tmp_path, steps_per_epoch=3, total_steps=6)
 
 
 @pytest.mark.parametrize("name", METHODS)

@@ -1,7 +1,8 @@
 """The one registry of training methods, shared by the CLI, the training loop and the benchmark.
 
 Every method is a preset of one engine, behind the same interface (the idea of torchtune's
-`AdapterModule` and of PEFT's LoRA variants): `build` sets the method up on a model and returns the
+`AdapterModule` and of PEFT's LoRA variants): `check_inputs` refuses settings the model folder or
+the run cannot hold before anything is loaded, `build` sets the method up on a model and returns the
 object the loop drives (begin, optimizer, scheduler, step, finish, state_dict), `export` writes what
 the method can export, `describe` measures what the method adds to the metrics. The loop calls
 these and nothing else, so it has no per-method branch.
@@ -30,7 +31,9 @@ from .config import LoRASCConfig
 from .export import delta_ranks, export_dense, export_stacked
 from .full import FullFineTune
 from .init import BatchSource
+from .model_files import check_targets
 from .noise import perturb_once
+from .schedule import check_cycle_plan
 
 Trained = LoRASC | FullFineTune  # what `build` returns and the loop drives
 ONE_EXPERT = {"slow_alpha": 1.0, "noise_lambda": 0.0, "num_cycles": 1, "cycle_steps": None}
@@ -50,6 +53,11 @@ class Method:
         """`base` with this method's fields; the others (rank, targets, seed, …) stay the user's."""
         expert = dataclasses.replace(base.expert, **self.expert) if self.expert else base.expert
         return dataclasses.replace(base, **self.fields, expert=expert)
+
+    def check_inputs(self, base: LoRASCConfig, folder: Path, steps_per_epoch: int, total_steps: int) -> None:
+        """The experts' targets and rank fit the model's layers, and the cycles fit the run."""
+        check_targets(folder, base.expert.target_modules, base.expert.r)
+        check_cycle_plan(self.config(base), steps_per_epoch, total_steps)
 
     def build(self, model: torch.nn.Module, base: LoRASCConfig, grad_batches: BatchSource | None = None,
               check_replicas: bool = False) -> LoRASC:
@@ -74,6 +82,9 @@ class FullFineTuning:
 
     def config(self, base: LoRASCConfig) -> LoRASCConfig:
         return base  # no cascade: the fields are recorded as given and unused
+
+    def check_inputs(self, base: LoRASCConfig, folder: Path, steps_per_epoch: int, total_steps: int) -> None:
+        """Nothing to refuse: every weight trains, and there are no experts or cycles."""
 
     def build(self, model: torch.nn.Module, base: LoRASCConfig, grad_batches: BatchSource | None = None,
               check_replicas: bool = False) -> FullFineTune:

@@ -8,7 +8,17 @@ import warnings
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-from .config import LoRASCConfig
+from .config import LoRASCConfig, require
+
+MAX_CYCLES = 1_000_000  # a plan beyond this is a typo, and its list of cycle ends alone could fill the memory
+
+
+def check_cycle_plan(config: LoRASCConfig, steps_per_epoch: int, total_steps: int) -> None:
+    """Refuses, before any model is loaded, a cycle plan the run cannot hold, with the flag to change."""
+    require(config.num_cycles is None or config.num_cycles <= total_steps, "num_cycles", config.num_cycles,
+            f"at most the run's {total_steps} optimizer steps; lower --num-cycles, or raise --max-steps or --epochs")
+    cycles = config.num_cycles or math.ceil(total_steps / (config.cycle_steps or steps_per_epoch))
+    require(cycles <= MAX_CYCLES, "cycles", cycles, f"at most {MAX_CYCLES:,}; pass a larger --cycle-steps or a smaller --num-cycles")
 
 
 def cycle_ends(config: LoRASCConfig, total_steps: int, steps_per_epoch: int | None = None) -> list[int]:
