@@ -135,7 +135,8 @@ def task_section(p: Protocol, s: dict, number: int) -> str:
     """A further task: what it is (its fragment of task.md), its headline, its finalists and its grids."""
     _, parts = fragments("task.md")
     about = fill(parts[p.name], **protocol_values(p), number=number, task=p.task.name, runs=s["runs"])
-    body = fill(parts["body"], **headline(p, s), main_table=finalists_table(s, s["rows"]), grid_table=grid_table(s) if s["grids"] else "")
+    finalists = finalists_table(s, s["rows"]) if s["rows"] else fill(parts["no-rows"], runs=s["runs"], task=p.task.name, regime=p.regime.name)
+    body = fill(parts["body"], **headline(p, s), main_table=finalists, grid_table=grid_table(s) if s["grids"] else "")
     return about + "\n\n" + body
 
 
@@ -188,7 +189,7 @@ def write_readme_headline(readme: Path, summaries: list[tuple[Protocol, dict]]) 
     if not README_BLOCK.search(text):
         return False
     _, parts = fragments("readme.md")
-    tasks = [fill(parts[p.name], **protocol_values(p), rival=s["rival"] or "none") + "\n" + headline(p, s)["headline"]
+    tasks = [fill(parts[p.name], **protocol_values(p), rival=s["rival"] or parts["no-rival"]) + "\n" + headline(p, s)["headline"]
              for p, s in summaries]
     body = "\n\n".join([parts["intro"], *tasks])
     readme.write_text(README_BLOCK.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text))

@@ -289,6 +289,23 @@ def test_the_other_tasks_have_a_regime_b_with_a_section_and_a_readme_line(tmp_pa
     assert f"for {steps} steps (small data, many epochs)" in readme.read_text()
 
 
+def test_a_sweep_cut_before_any_grid_ends_says_so_and_how_to_resume(tmp_path):
+    from benchmarks.protocol import PROTOCOLS
+    from benchmarks.report import summarize_file, task_section, write_readme_headline
+
+    p = PROTOCOLS["bbc-news-b"]
+    first_two = PLANS["grid"](p, Board([]))[:2]
+    (tmp_path / f"{p.name}.jsonl").write_text("".join(json.dumps(fake_result(spec, peaked_at(2e-3))) + "\n" for spec in first_two))
+    s = summarize_file(p, tmp_path)
+    section = task_section(p, s, 9)
+    assert "No method has finished its learning-rate grid yet (2 runs so far)" in section
+    assert "`python -m benchmarks --task bbc-news --regime b` resumes" in section and "| method | chosen LR" not in section
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- benchmark-headline -->\n<!-- /benchmark-headline -->\n")
+    write_readme_headline(readme, [(p, s)])
+    assert "(best rival: not chosen yet)" in readme.read_text() and "${" not in readme.read_text()
+
+
 def test_a_cut_short_sweep_finishes_each_finalist_before_the_next_starts():
     from benchmarks.protocol import PROTOCOLS
 
