@@ -56,12 +56,12 @@ def headline(p: Protocol, s: dict) -> dict[str, str]:
 
 
 def rival_line(parts: dict[str, str], p: Protocol, s: dict) -> str:
-    """Which rival LoRASC is weighed against, among the rivals that have results, and which have none yet."""
+    """Which rival LoRASC is weighed against, among the rivals with a chosen LR, and which have none yet."""
     if not s["rival"]:
         return ""
-    ran, not_run = [label for label in p.rivals if label in s["rows"]], [label for label in p.rivals if label not in s["rows"]]
-    return fill(parts["rival"], rival=s["rival"], rivals=" / ".join(ran), selection=SPLIT_NAMES[s["selection_split"]],
-                not_run=fill(parts["not-run"], rivals=", ".join(not_run)) if not_run else "")
+    chosen, pending = [label for label in p.rivals if label in s["rows"]], [label for label in p.rivals if label not in s["rows"]]
+    return fill(parts["rival"], rival=s["rival"], rivals=" / ".join(chosen), selection=SPLIT_NAMES[s["selection_split"]],
+                pending=fill(parts["pending"], rivals=", ".join(pending)) if pending else "")
 
 
 # ---- the benchmark report -------------------------------------------------------------------------
