@@ -90,6 +90,12 @@ def machine(env: dict, parts: dict[str, str]) -> str:
     return fill(parts["machine"], **known, gpu=gpu)
 
 
+def machines(environments: list[dict]) -> str:
+    """Each machine a task's runs ran on, once (a sweep resumed elsewhere has several)."""
+    _, parts = fragments("report.md")
+    return "; ".join(dict.fromkeys(machine(env, parts) for env in environments))
+
+
 def render(p: Protocol, s: dict, prefix: Path, folder: Path, quick: bool) -> str:
     """The benchmark report; its PNGs are written next to `prefix` and linked from `folder`."""
     main, parts = fragments("report.md")
@@ -136,7 +142,7 @@ def task_section(p: Protocol, s: dict, number: int) -> str:
     _, parts = fragments("task.md")
     about = fill(parts[p.name], **protocol_values(p), number=number, task=p.task.name, runs=s["runs"])
     finalists = finalists_table(s, s["rows"]) if s["rows"] else fill(parts["no-rows"], runs=s["runs"], task=p.task.name, regime=p.regime.name)
-    body = fill(parts["body"], **headline(p, s), main_table=finalists, grid_table=grid_table(s) if s["grids"] else "")
+    body = fill(parts["body"], **headline(p, s), machines=fill(parts["machines"], machines=machines(s["environments"])) if s["environments"] else "", main_table=finalists, grid_table=grid_table(s) if s["grids"] else "")
     return about + "\n\n" + body
 
 

@@ -7,6 +7,7 @@ selection split, like every other choice.
 
 from __future__ import annotations
 
+import json
 import statistics
 
 from .planner import MAIN, Board, chosen_lrs, grid
@@ -116,6 +117,7 @@ def run_facts(board: Board) -> dict:
     finished = list(board.finished.values())
     return {
         "environment": next((r["environment"] for r in finished if "environment" in r), {}),
+        "environments": list({json.dumps(r["environment"], sort_keys=True): r["environment"] for r in finished if "environment" in r}.values()),
         "load_average_median": statistics.median(r["loadavg"][0] for r in finished) if finished else None,
         "runs": len(board.results),
         "sweep_minutes": sum(r.get("wall_seconds", 0.0) for r in board.results) / 60,

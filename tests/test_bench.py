@@ -294,11 +294,13 @@ def test_a_sweep_cut_before_any_grid_ends_says_so_and_how_to_resume(tmp_path):
     from benchmarks.report import summarize_file, task_section, write_readme_headline
 
     p = PROTOCOLS["bbc-news-b"]
-    first_two = PLANS["grid"](p, Board([]))[:2]
-    (tmp_path / f"{p.name}.jsonl").write_text("".join(json.dumps(fake_result(spec, peaked_at(2e-3))) + "\n" for spec in first_two))
+    first_two = [fake_result(spec, peaked_at(2e-3)) for spec in PLANS["grid"](p, Board([]))[:2]]
+    first_two[1]["environment"] = {"cores": 16, "gpu": "NVIDIA H200", "torch": "2.11.0+cu130"}  # resumed on another machine
+    (tmp_path / f"{p.name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in first_two))
     s = summarize_file(p, tmp_path)
     section = task_section(p, s, 9)
     assert "No method has finished its learning-rate grid yet (2 runs so far)" in section
+    assert "Ran on: 2 CPU cores (?), no GPU; Python ?, torch fake" in section and "; 16 CPU cores (?), GPU NVIDIA H200; Python ?, torch 2.11.0+cu130" in section
     assert "`python -m benchmarks --task bbc-news --regime b` resumes" in section and "| method | chosen LR" not in section
     readme = tmp_path / "README.md"
     readme.write_text("<!-- benchmark-headline -->\n<!-- /benchmark-headline -->\n")
