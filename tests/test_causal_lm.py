@@ -88,3 +88,37 @@ def test_causal_lm_accuracy_counts_an_example_only_when_its_whole_response_is_pr
     # always eos: [eos] is whole, [cat, eos] is not
     metrics = evaluate(AlwaysPredicts(tokenizer.eos_token_id), tokenizer, [Example("a", ""), Example("b", "cat")], run, 0)
     assert metrics["token_accuracy"] == pytest.approx(2 / 3) and metrics["accuracy"] == pytest.approx(1 / 2)
+
+
+def test_the_loss_computes_logits_only_where_a_response_token_is_scored():
+    """Right-padded prompts of three lengths: logits at the scored positions only, the same loss and
+    predictions as from every position's logits (PEFT-wrapped), and the full path for a model that
+    cannot keep positions."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from conftest import tiny_llama
+    from lorasc.task import IGNORED, summed_loss
+
+    model = get_peft_model(tiny_llama(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    ids = torch.randint(3, 96, (3, 12), generator=torch.Generator().manual_seed(0))
+    labels, mask = torch.full_like(ids, IGNORED), torch.zeros_like(ids)
+    for row, (prompt, response) in enumerate([(4, 2), (7, 3), (9, 3)]):  # the rest of each row is padding
+        labels[row, prompt : prompt + response] = ids[row, prompt : prompt + response]
+        mask[row, : prompt + response] = 1
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    class AllPositions(torch.nn.Module):  # a causal LM whose forward has no logits_to_keep
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+    loss, logits, scored = summed_loss(model, batch, "causal-lm")
+    full_loss, full_logits, full_scored = summed_loss(AllPositions(model), batch, "causal-lm")
+    assert logits.shape[1] == 7 and full_logits.shape[1] == 11  # positions 3, 4 and 6 to 10 predict a response token
+    assert torch.allclose(loss, full_loss, rtol=1e-5) and (scored != IGNORED).sum() == (full_scored != IGNORED).sum() == 8
+    kept = full_scored != IGNORED
+    assert torch.equal(logits.argmax(-1)[scored != IGNORED], full_logits.argmax(-1)[kept])

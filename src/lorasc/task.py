@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import extract_model_from_parallel
+from peft import PeftModel
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -140,10 +143,25 @@ def batch_at(step: int, train: list[Example], run: RunConfig) -> list[Example]:
     return [train[i] for i in order[position * run.batch_size : (position + 1) * run.batch_size]]
 
 
-def scored_labels(logits: torch.Tensor, labels: torch.Tensor, task: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The predictions' logits and the labels they are scored against: a causal LM's logits at
-    position i predict the token at i + 1."""
-    return (logits[:, :-1], labels[:, 1:]) if task == "causal-lm" else (logits, labels)
+def scored_logits(model, batch: dict[str, torch.Tensor], task: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits the loss scores and their labels. A causal LM's logits at position i predict the
+    token at i + 1, and only the positions that predict a response token in some row are computed:
+    over a long prompt and a large vocabulary, the LM head and the loss would cost more than the adapters."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    if task != "causal-lm":
+        return model(**inputs).logits, batch["labels"]
+    targets = batch["labels"][:, 1:]
+    if not accepts_logits_to_keep(model):
+        return model(**inputs).logits[:, :-1], targets
+    keep = (targets != IGNORED).any(0).nonzero().flatten()
+    return model(**inputs, logits_to_keep=keep).logits, targets[:, keep]
+
+
+def accepts_logits_to_keep(model) -> bool:
+    """Whether the causal LM inside `model` (DDP, PEFT or plain) computes logits at chosen positions only."""
+    inner = extract_model_from_parallel(model)
+    inner = inner.get_base_model() if isinstance(inner, PeftModel) else inner
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
 def count_items(labels: torch.Tensor, task: str) -> int:
@@ -152,13 +170,12 @@ def count_items(labels: torch.Tensor, task: str) -> int:
     return int((scored != IGNORED).sum())
 
 
-def summed_loss(model, batch: dict[str, torch.Tensor], task: str) -> tuple[torch.Tensor, torch.Tensor]:
+def summed_loss(model, batch: dict[str, torch.Tensor], task: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The cross-entropy summed over the batch's items (not averaged, so that shares of a batch
-    add up to the whole), and the logits."""
-    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-    scored, labels = scored_labels(logits, batch["labels"], task)
-    loss = F.cross_entropy(scored.flatten(0, -2).float(), labels.flatten(), ignore_index=IGNORED, reduction="sum")
-    return loss, logits
+    add up to the whole), with the scored logits and their labels."""
+    logits, labels = scored_logits(model, batch, task)
+    loss = F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=IGNORED, reduction="sum")
+    return loss, logits, labels
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
