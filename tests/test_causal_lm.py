@@ -122,3 +122,22 @@ def test_the_loss_computes_logits_only_where_a_response_token_is_scored():
     assert torch.allclose(loss, full_loss, rtol=1e-5) and (scored != IGNORED).sum() == (full_scored != IGNORED).sum() == 8
     kept = full_scored != IGNORED
     assert torch.equal(logits.argmax(-1)[scored != IGNORED], full_logits.argmax(-1)[kept])
+
+
+def test_a_dequantized_model_folder_is_published_once_whoever_finishes_first(tmp_path):
+    """Ranks that start together each write a private copy; the first rename wins, a later one drops its copy."""
+    from lorasc.assets import publish
+
+    def written(name: str, marker: str):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text(marker)
+        return folder
+
+    target = tmp_path / "model"
+    publish(written("a.tmp", "first"), target)
+    publish(written("b.tmp", "second"), target)  # another process, finishing later
+    assert (target / "config.json").read_text() == "first" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    (target / "config.json").unlink()  # a stale folder from an older version: replaced
+    publish(written("c.tmp", "third"), target)
+    assert (target / "config.json").read_text() == "third" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]

