@@ -142,7 +142,8 @@ def task_section(p: Protocol, s: dict, number: int) -> str:
     _, parts = fragments("task.md")
     about = fill(parts[p.name], **protocol_values(p), number=number, task=p.task.name, runs=s["runs"])
     finalists = finalists_table(s, s["rows"]) if s["rows"] else fill(parts["no-rows"], runs=s["runs"], task=p.task.name, regime=p.regime.name)
-    body = fill(parts["body"], **headline(p, s), machines=fill(parts["machines"], machines=machines(s["environments"])) if s["environments"] else "", main_table=finalists, grid_table=grid_table(s) if s["grids"] else "")
+    ran_on = fill(parts["machines"], machines=machines(s["environments"])) if s["environments"] else ""
+    body = fill(parts["body"], **headline(p, s), machines=ran_on, main_table=finalists, grid_table=grid_table(s) if s["grids"] else "")
     return about + "\n\n" + body
 
 

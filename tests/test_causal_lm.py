@@ -95,12 +95,12 @@ def test_the_loss_computes_logits_only_where_a_response_token_is_scored():
     predictions as from every position's logits (PEFT-wrapped), and the full path for a model that
     cannot keep positions."""
     import torch
+    from conftest import tiny_llama as random_llama  # this file's own tiny_llama is a fixture with a tokenizer
     from peft import LoraConfig, get_peft_model
 
-    from conftest import tiny_llama
     from lorasc.task import IGNORED, summed_loss
 
-    model = get_peft_model(tiny_llama(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model = get_peft_model(random_llama(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     ids = torch.randint(3, 96, (3, 12), generator=torch.Generator().manual_seed(0))
     labels, mask = torch.full_like(ids, IGNORED), torch.zeros_like(ids)
     for row, (prompt, response) in enumerate([(4, 2), (7, 3), (9, 3)]):  # the rest of each row is padding
