@@ -9,6 +9,7 @@ asked again after every finished run, since later runs depend on earlier ones (c
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -22,7 +23,9 @@ from . import ROOT
 from .planner import Board
 
 THREADS = int(os.environ.get("LORASC_BENCH_THREADS", "2"))  # torch threads per run; 1 lets two sweeps share two cores
-RUN_TIMEOUT = 1800  # seconds; a run that hangs is recorded as failed
+# A run that outlasts its allowance is recorded as failed (hung): a fixed part for loading and evaluation, and a
+# part per optimizer step, since a causal-LM run of regime (b) takes an hour on a CPU core (a SmolLM2 step up to 6 s)
+RUN_TIMEOUT, STEP_TIMEOUT = 1800, 10  # seconds
 ENV = {"OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS), "TOKENIZERS_PARALLELISM": "false",
        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
 HEADER = ("key", "kind", "group", "label", "lr", "seed")  # what names a run in its result
@@ -75,16 +78,21 @@ def timed_run(spec: dict) -> dict:
     return {**run_subprocess(spec), "wall_seconds": time.perf_counter() - start}
 
 
+def run_timeout(spec: dict) -> int:
+    run = spec["run"]
+    return RUN_TIMEOUT + STEP_TIMEOUT * run["epochs"] * math.ceil(run["n_train"] / run["batch_size"])
+
+
 def run_subprocess(spec: dict) -> dict:
-    header = {k: spec[k] for k in HEADER if k in spec}
+    header, timeout = {k: spec[k] for k in HEADER if k in spec}, run_timeout(spec)
     with tempfile.TemporaryDirectory() as tmp:
         spec_path, out_path = Path(tmp, "spec.json"), Path(tmp, "result.json")
         spec_path.write_text(json.dumps(spec))
         command = [sys.executable, "-m", "benchmarks.child", str(spec_path), str(out_path)]
         try:
-            proc = subprocess.run(command, cwd=ROOT, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)
+            proc = subprocess.run(command, cwd=ROOT, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
-            return {**header, "error": f"timed out after {RUN_TIMEOUT} s"}
+            return {**header, "error": f"timed out after {timeout} s"}
         if proc.returncode != 0 or not out_path.is_file():
             return {**header, "error": f"exit code {proc.returncode}\n{proc.stderr[-3000:]}"}
         return {**json.loads(out_path.read_text()), **header}

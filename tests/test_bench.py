@@ -88,6 +88,26 @@ def test_failed_runs_are_tried_and_do_not_block_the_choice():
     assert chosen_lrs(p, protocol_entries(p), Board(results))["LoRA"] == 3e-3
 
 
+def test_a_run_counts_as_hung_only_past_an_allowance_that_grows_with_its_steps(monkeypatch):
+    """The causal LM's regime (b) (1,250 steps, an hour on a CPU core) was cut at a flat 30 minutes."""
+    import subprocess
+
+    from benchmarks import runner
+    from benchmarks.protocol import PROTOCOLS
+
+    given = []
+
+    def hangs(command, timeout, **kwargs):
+        given.append(timeout)
+        raise subprocess.TimeoutExpired(command, timeout)
+
+    monkeypatch.setattr(runner.subprocess, "run", hangs)
+    lm_spec, quick_spec = PLANS["grid"](PROTOCOLS["bbc-lm-b"], Board([]))[0], PLANS["grid"](QUICK, Board([]))[0]
+    assert runner.run_subprocess(lm_spec)["error"] == f"timed out after {given[0]} s" and given[0] >= 3 * 3600
+    runner.run_subprocess(quick_spec)
+    assert runner.RUN_TIMEOUT < given[1] < 3600
+
+
 @pytest.mark.parametrize("theirs, verdict", [(0.72, "ties"), (0.70, "beats"), (0.78, "loses")])
 def test_paired_difference_has_the_t_interval(theirs, verdict):
     ours = {0: 0.73, 1: 0.74, 2: 0.75, 3: 0.99}  # seed 3 has no partner: left out
