@@ -9,7 +9,6 @@ asked again after every finished run, since later runs depend on earlier ones (c
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -18,6 +17,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
+
+from lorasc.run_config import RunConfig
 
 from . import ROOT
 from .planner import Board
@@ -79,8 +80,8 @@ def timed_run(spec: dict) -> dict:
 
 
 def run_timeout(spec: dict) -> int:
-    run = spec["run"]
-    return RUN_TIMEOUT + STEP_TIMEOUT * run["epochs"] * math.ceil(run["n_train"] / run["batch_size"])
+    run = RunConfig(**spec["run"])
+    return RUN_TIMEOUT + STEP_TIMEOUT * run.steps(run.n_train)[1]
 
 
 def run_subprocess(spec: dict) -> dict:

@@ -115,9 +115,10 @@ def cost_table(runs: list[dict], baseline: str) -> dict:
 def run_facts(board: Board) -> dict:
     """The machine, its load, and what the sweep cost."""
     finished = list(board.finished.values())
+    environments = list({json.dumps(r["environment"], sort_keys=True): r["environment"] for r in finished if "environment" in r}.values())
     return {
-        "environment": next((r["environment"] for r in finished if "environment" in r), {}),
-        "environments": list({json.dumps(r["environment"], sort_keys=True): r["environment"] for r in finished if "environment" in r}.values()),
+        "environment": environments[0] if environments else {},
+        "environments": environments,
         "load_average_median": statistics.median(r["loadavg"][0] for r in finished) if finished else None,
         "runs": len(board.results),
         "sweep_minutes": sum(r.get("wall_seconds", 0.0) for r in board.results) / 60,

@@ -9,7 +9,7 @@ import torch
 
 from .data import Example
 from .run_config import RunConfig
-from .task import IGNORED, count_items, encode, summed_loss, to_device
+from .task import IGNORED, encode, summed_loss, to_device
 
 EVAL_BATCH = 64
 
@@ -38,9 +38,9 @@ def evaluate(model, tokenizer, examples: list[Example], run: RunConfig, num_clas
         batch = to_device(encode(tokenizer, examples[i : i + EVAL_BATCH], run.task, run.max_length), device)
         with torch.autocast(device.type, dtype=run.torch_dtype, enabled=run.dtype != "float32"):
             loss, scored, labels = summed_loss(model, batch, run.task)
-        total_loss += loss.item()
-        total_items += count_items(batch["labels"], run.task)
         kept, predicted = labels != IGNORED, scored.argmax(-1)
+        total_loss += loss.item()
+        total_items += int(kept.sum())
         preds.append(predicted[kept].cpu())
         golds.append(labels[kept].cpu())
         if run.task == "causal-lm":  # an example is right when every token of its response is
