@@ -50,7 +50,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def sweep_groups(p: Protocol, groups, board: Board) -> list[dict]:
-    """The runs still to plan: LoRA's and LoRASC's grids and seeds first, then the other finalists' one
+    """The runs still to plan: LoRA's and LoRASC's grids, then their seeds, then the other finalists' one
     finalist after another (its seeds as soon as its grid has chosen), so a sweep cut short has its
     headline and whole rows; then everything else, in plan order."""
     specs = [spec for group in groups for spec in PLANS[group](p, board)]
@@ -58,7 +58,8 @@ def sweep_groups(p: Protocol, groups, board: Board) -> list[dict]:
 
     def rank(spec: dict) -> tuple:
         finalist = spec["group"] == MAIN and spec["label"] in p.finalists
-        return not finalist, spec["label"] not in headline, p.labels.index(spec["label"]) if finalist else 0
+        headline_seed = spec["label"] in headline and spec["seed"] not in p.select_seeds
+        return not finalist, spec["label"] not in headline, headline_seed, p.labels.index(spec["label"]) if finalist else 0
 
     return sorted(specs, key=rank)
 
