@@ -2,7 +2,8 @@
 
 A plan is a function of the results: the runner runs what it asks for and asks again, since later
 runs depend on earlier ones. Each entry's grid runs the protocol's selection seeds at every LR; the
-chosen LR has the best validation accuracy averaged over those seeds, and a choice at the edge of
+chosen LR has the best validation accuracy averaged over those seeds (a tie goes to the lowest of the
+tied LRs), and a choice at the edge of
 the grid first extends it by one LR (×3 or ÷3) until the choice is interior or the limit is hit.
 Finalists then run their remaining seeds at the chosen LR.
 """
@@ -45,7 +46,7 @@ class Board:
             return None
         scores = {lr: self.score(label, lr, seeds) for lr in lrs}
         scores = {lr: s for lr, s in scores.items() if s is not None}
-        return max(scores, key=scores.get) if scores else None
+        return max(sorted(scores), key=scores.get) if scores else None  # max keeps the first of equals
 
 
 def outward_step(lrs: tuple[float, ...], best: float | None) -> float | None:

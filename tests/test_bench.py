@@ -61,6 +61,11 @@ def test_a_best_lr_at_the_edge_extends_the_grid(peak, chosen, lrs):
     assert chosen_and_grid(board, tiny()) == (chosen, lrs)
 
 
+def test_a_tie_goes_to_the_lowest_lr_so_a_flat_grid_extends_down():
+    board = settle_groups(tiny(), ["grid"], lambda spec, split: 0.93)  # 100 validation items tie easily
+    assert chosen_and_grid(board, tiny()) == (1.1e-4, [1.1e-4, 3.3e-4, 1e-3, 3e-3])
+
+
 def test_finalists_run_five_seeds_at_the_chosen_lr():
     p = tiny()
     board = settle_groups(p, ["grid", "seeds"], peaked_at(2e-3))
