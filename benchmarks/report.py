@@ -60,7 +60,7 @@ def rival_line(parts: dict[str, str], p: Protocol, s: dict) -> str:
     if not s["rival"]:
         return ""
     chosen, pending = [label for label in p.rivals if label in s["rows"]], [label for label in p.rivals if label not in s["rows"]]
-    return fill(parts["rival"], rival=s["rival"], rivals=" / ".join(chosen), selection=SPLIT_NAMES[s["selection_split"]],
+    return fill(parts["rival" if len(chosen) > 1 else "only-rival"], rival=s["rival"], rivals=" / ".join(chosen), selection=SPLIT_NAMES[s["selection_split"]],
                 pending=fill(parts["pending"], rivals=", ".join(pending)) if pending else "")
 
 

