@@ -3,8 +3,8 @@
 A plan is a function of the results: the runner runs what it asks for and asks again, since later
 runs depend on earlier ones. Each entry's grid runs the protocol's selection seeds at every LR; the
 chosen LR has the best validation accuracy averaged over those seeds (a tie goes to the lowest of the
-tied LRs), and a choice at the edge of
-the grid first extends it by one LR (×3 or ÷3) until the choice is interior or the limit is hit.
+tied LRs), and a choice at the edge of the grid first extends it by one LR (×3 or ÷3) until the choice
+is interior or the limit is hit.
 Finalists then run their remaining seeds at the chosen LR.
 """
 
