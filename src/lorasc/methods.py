@@ -12,7 +12,8 @@ these and nothing else, so it has no per-method branch.
     rslora      LoRA scaled by lora_alpha / √r
     dora        LoRA with DoRA's magnitude and direction
     cola        a chain of experts, α = 1, no noise (COLA)
-    relora      COLA with a jagged re-warm-up after each merge (ReLoRA)
+    relora      COLA with a jagged re-warm-up after each merge (ReLoRA); the optimizer is reset as
+                by default in ReLoRA's code (its paper prunes: optimizer_state="prune", prune_ratio=0.99)
     noisytune   LoRA on a backbone perturbed once by λ (NoisyTune)
     lorasc      the cascade as configured (LoRASC)
     full        every weight trained: the upper reference, not a rival on the same budget
