@@ -126,6 +126,10 @@ def test_paired_difference_has_the_t_interval(theirs, verdict):
 def test_one_paired_seed_gives_no_interval():
     c = paired({0: 0.8}, {0: 0.7, 1: 0.7})
     assert c["diff"] == pytest.approx(0.1) and c["low"] is None and c["verdict"] == "undecided"
+    from benchmarks.report import fragments, verdict_line
+
+    line = verdict_line(fragments("verdicts.md")[1], "test", {"ours": "LoRASC", "theirs": "LoRA", **c}, "LoRASC", "LoRA")
+    assert line == "- ID: LoRASC against LoRA is not decided yet: a 95 % interval needs 2 paired seeds, and this comparison has 1 (difference +10.0 points)."
 
 
 def lorasc_ahead(spec, split):
