@@ -50,16 +50,18 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def sweep_groups(p: Protocol, groups, board: Board) -> list[dict]:
-    """The runs still to plan: LoRA's and LoRASC's grids, then their seeds, then the other finalists' one
-    finalist after another (its seeds as soon as its grid has chosen), so a sweep cut short has its
-    headline and whole rows; then everything else, in plan order."""
+    """The runs still to plan: LoRA's and LoRASC's grids, then their seeds in pairs (LoRA's seed 2 beside
+    LoRASC's), then the other finalists' one finalist after another (its seeds as soon as its grid has
+    chosen), so a sweep cut short has its headline, as many paired seeds as it ran, and whole rows; then
+    everything else, in plan order."""
     specs = [spec for group in groups for spec in PLANS[group](p, board)]
     headline = (p.baseline, p.lorasc)
 
     def rank(spec: dict) -> tuple:
         finalist = spec["group"] == MAIN and spec["label"] in p.finalists
         headline_seed = spec["label"] in headline and spec["seed"] not in p.select_seeds
-        return not finalist, spec["label"] not in headline, headline_seed, p.labels.index(spec["label"]) if finalist else 0
+        return (not finalist, spec["label"] not in headline, headline_seed, spec["seed"] if headline_seed else 0,
+                p.labels.index(spec["label"]) if finalist else 0)
 
     return sorted(specs, key=rank)
 

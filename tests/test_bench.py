@@ -289,6 +289,9 @@ def test_a_sweep_runs_the_headline_then_the_finalists_then_the_other_entries():
     missing = [(s["label"], s["seed"]) for s in cli.sweep_groups(FULL, FULL.groups, board) if s["key"] not in board.tried]
     lorasc_grid = 2 * len(FULL.grids["wide"])
     assert {label for label, _ in missing[:lorasc_grid]} == {"LoRASC"} and missing[lorasc_grid] == ("LoRA", 2)
+    board = settle(lambda b: [s for s in PLANS["grid"](FULL, b) if s["label"] in ("LoRA", "LoRASC")], peaked_at(2e-3))
+    missing = [(s["label"], s["seed"]) for s in cli.sweep_groups(FULL, FULL.groups, board) if s["key"] not in board.tried]
+    assert missing[:4] == [("LoRA", 2), ("LoRASC", 2), ("LoRA", 3), ("LoRASC", 3)]  # each pair adds a paired seed
 
 
 def test_regime_b_is_benchmarked_on_the_tweets_and_has_its_own_section(tmp_path):
