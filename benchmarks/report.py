@@ -40,7 +40,7 @@ def verdict_line(parts: dict[str, str], split: str, c: dict | None, ours: str, t
     if c is None:
         return fill(parts["missing"], split=SPLIT_NAMES[split], ours=ours, theirs=theirs)
     return fill(parts[c["verdict"]], split=SPLIT_NAMES[split], ours=c["ours"], theirs=c["theirs"], diff=signed(c["diff"]),
-                low=signed(c["low"]), high=signed(c["high"]), n=len(c["seeds"]))
+                low=signed(c["low"]), high=signed(c["high"]), n=len(c["seeds"]), needed=c.get("seeds_needed"))
 
 
 def headline(p: Protocol, s: dict) -> dict[str, str]:

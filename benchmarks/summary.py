@@ -53,13 +53,21 @@ def versus(rows: dict[str, dict], ours: str, theirs: str | None, split: str) -> 
     return {"ours": ours, "theirs": theirs, **paired(rows[ours]["accuracy_by_seed"][split], rows[theirs]["accuracy_by_seed"][split])}
 
 
+def decided(c: dict | None, seeds: int) -> dict | None:
+    """A headline comparison is decided on the finalists' `seeds` seeds. With fewer (a sweep cut short) it is
+    undecided whatever its interval: two seeds whose accuracies differ alike give a zero-width interval."""
+    if c is None or len(c["seeds"]) >= seeds:
+        return c
+    return {**c, "verdict": "undecided", "seeds_needed": seeds}
+
+
 def comparisons(p: Protocol, rows: dict[str, dict], selection_split: str) -> dict:
     """LoRASC against LoRA and against the best rival; every row against LoRA."""
     rival = best_rival(p, rows, selection_split)
+    headline = lambda theirs, split: decided(versus(rows, p.lorasc, theirs, split), p.final_seeds)  # noqa: E731
     return {
         "rival": rival,
-        "headline": {split: {"baseline": versus(rows, p.lorasc, p.baseline, split), "rival": versus(rows, p.lorasc, rival, split)}
-                     for split in REPORTED},
+        "headline": {split: {"baseline": headline(p.baseline, split), "rival": headline(rival, split)} for split in REPORTED},
         "against_baseline": {label: {split: None if label == p.baseline else versus(rows, label, p.baseline, split) for split in REPORTED}
                              for label in rows},
     }

@@ -126,10 +126,17 @@ def test_paired_difference_has_the_t_interval(theirs, verdict):
 def test_one_paired_seed_gives_no_interval():
     c = paired({0: 0.8}, {0: 0.7, 1: 0.7})
     assert c["diff"] == pytest.approx(0.1) and c["low"] is None and c["verdict"] == "undecided"
-    from benchmarks.report import fragments, verdict_line
 
-    line = verdict_line(fragments("verdicts.md")[1], "test", {"ours": "LoRASC", "theirs": "LoRA", **c}, "LoRASC", "LoRA")
-    assert line == "- ID: LoRASC against LoRA is not decided yet: a 95 % interval needs 2 paired seeds, and this comparison has 1 (difference +10.0 points)."
+
+def test_a_headline_is_decided_on_the_finalists_seeds_not_on_a_first_zero_width_interval():
+    from benchmarks.report import fragments, verdict_line
+    from benchmarks.summary import decided
+
+    c = {"ours": "LoRASC", "theirs": "LoRA", **paired({0: 0.98, 1: 0.975}, {0: 0.965, 1: 0.96})}  # the same gap twice
+    assert (c["low"], c["high"], c["verdict"]) == (pytest.approx(0.015), pytest.approx(0.015), "beats")
+    assert decided(c, 2)["verdict"] == "beats" and decided(c, 3)["verdict"] == "undecided" and decided(None, 3) is None
+    line = verdict_line(fragments("verdicts.md")[1], "test", decided(c, 3), "LoRASC", "LoRA")
+    assert line == "- ID: LoRASC against LoRA is not decided yet: the protocol decides on 3 paired seeds, and this comparison has 2 so far (difference +1.5 points)."
 
 
 def lorasc_ahead(spec, split):
