@@ -1,6 +1,6 @@
 """Summaries -> Markdown, through the templates in templates/ (string.Template; a line
 `<!-- fragment: NAME -->` starts a named fragment). Python only formats numbers and picks fragments,
-the headline's sentence by the verdict of its confidence interval; every sentence is in a template.
+the headline's sentence by its verdict (summary.decided); every sentence is in a template.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import statistics
 from scipy import stats as scipy_stats
 
 CONFIDENCE = 0.95
-VERDICTS = ("beats", "ties", "loses", "undecided")  # undecided: fewer than two paired seeds
+VERDICTS = ("beats", "ties", "loses", "undecided")  # undecided: fewer than two paired seeds (a headline: see summary.decided)
 
 
 def describe(values: list[float]) -> dict:
