@@ -204,6 +204,8 @@ def main() -> None:
         save_file(model_weights(cascade), args.out, metadata=metadata)
     if args.perturb_last_rank:
         show_the_check_catches_a_flipped_bit(cascade)
+    if dist.is_initialized():  # a gloo group left to interpreter exit can abort a rank ("terminate called without an active exception")
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
