@@ -64,7 +64,10 @@ def decided(c: dict | None, seeds: int) -> dict | None:
 def comparisons(p: Protocol, rows: dict[str, dict], selection_split: str) -> dict:
     """LoRASC against LoRA and against the best rival; every row against LoRA."""
     rival = best_rival(p, rows, selection_split)
-    headline = lambda theirs, split: decided(versus(rows, p.lorasc, theirs, split), p.final_seeds)  # noqa: E731
+
+    def headline(theirs: str | None, split: str) -> dict | None:
+        return decided(versus(rows, p.lorasc, theirs, split), p.final_seeds)
+
     return {
         "rival": rival,
         "headline": {split: {"baseline": headline(p.baseline, split), "rival": headline(rival, split)} for split in REPORTED},
