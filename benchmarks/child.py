@@ -1,6 +1,6 @@
 """One run in its own process: `python -m benchmarks.child SPEC.json OUT.json` (the runner starts it).
 
-A train spec trains once through lorasc.train; a latency spec trains a short LoRASC run, then times
+A train spec trains once through lorasc.run.train; a latency spec trains a short LoRASC run, then times
 the base model, its merged dense export and the unmerged stacked adapter.
 """
 
@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 from lorasc.config import LoRASCConfig
-from lorasc.data import default_model_path
-from lorasc.plots import read_log
-from lorasc.run_config import RunConfig
-from lorasc.train import train
+from lorasc.run.assets import default_model_path
+from lorasc.run.plots import read_log
+from lorasc.run.run_config import RunConfig
+from lorasc.run.train import train
 
 from .protocol import BATCH, MAX_LENGTH
 from .runner import THREADS

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from lorasc.config import DEFAULT_EXPERT
 from lorasc.methods import METHODS
-from lorasc.run_config import RunConfig
+from lorasc.run.run_config import RunConfig
 
 SPLIT_SEED = 0  # the one split of every task
 BATCH, MAX_LENGTH = RunConfig.batch_size, RunConfig.max_length

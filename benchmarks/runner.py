@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from lorasc.run_config import RunConfig
+from lorasc.run.run_config import RunConfig
 
 from . import ROOT
 from .planner import Board

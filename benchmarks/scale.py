@@ -45,7 +45,7 @@ else:  # python benchmarks/scale.py: this folder is sys.path[0]
 
 from lorasc import LoRASC, LoRASCConfig  # noqa: E402
 from lorasc.export import stacked_factors  # noqa: E402
-from lorasc.run_config import DTYPES  # noqa: E402
+from lorasc.run.run_config import DTYPES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

@@ -43,7 +43,7 @@ def build_model(preset: Preset, dtype: torch.dtype, device: torch.device, seed: 
     if preset.llama is None:
         from transformers.utils import logging as hf_logging
 
-        from lorasc.data import default_model_path
+        from lorasc.run.assets import default_model_path
 
         hf_logging.disable_progress_bar()
         model = AutoModelForSequenceClassification.from_pretrained(default_model_path(), num_labels=MINILM_LABELS)

@@ -8,11 +8,11 @@ import os
 import signal
 import sys
 
-import lorasc.train
-from lorasc.cli import main
+import lorasc.run.train
+from lorasc.run.cli import main
 
 KILL_AT = int(os.environ["LORASC_TEST_KILL_AT"])
-write = lorasc.train.save_checkpoint
+write = lorasc.run.train.save_checkpoint
 
 
 def write_then_die(run_dir, step, *args):
@@ -21,5 +21,5 @@ def write_then_die(run_dir, step, *args):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-lorasc.train.save_checkpoint = write_then_die
+lorasc.run.train.save_checkpoint = write_then_die
 sys.exit(main(sys.argv[1:]))

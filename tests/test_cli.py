@@ -11,9 +11,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
-import lorasc.checkpoint
-from lorasc.cli import main
-from lorasc.data import default_model_path
+import lorasc.run.checkpoint
+from lorasc.run.cli import main
+from lorasc.run.assets import default_model_path
 
 pytestmark = pytest.mark.slow
 TINY = [*TINY_RUN, "--expert-r", "2", "--expert-target-modules", "query", "value", "--warmup-steps", "2"]
@@ -146,7 +146,7 @@ def test_an_existing_run_is_never_overwritten(tmp_path, capsys):
 
 def test_a_full_disk_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
-    real_save = lorasc.checkpoint.save_file
+    real_save = lorasc.run.checkpoint.save_file
     calls = []
 
     def save_then_fill_the_disk(tensors, path):
@@ -155,7 +155,7 @@ def test_a_full_disk_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatc
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real_save(tensors, path)
 
-    monkeypatch.setattr(lorasc.checkpoint, "save_file", save_then_fill_the_disk)
+    monkeypatch.setattr(lorasc.run.checkpoint, "save_file", save_then_fill_the_disk)
     expect_error(capsys, ["train", "--output-dir", run, "--max-steps", "4", "--num-cycles", "2", "--checkpoint-every", "1", *TINY],
                  "no space left", "--resume")
     assert (run / "LATEST").read_text() == "checkpoint-1"
@@ -163,7 +163,7 @@ def test_a_full_disk_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatc
 
 
 def test_flags_override_the_config_file_which_overrides_defaults(tmp_path):
-    from lorasc.cli import build_parser, resolve
+    from lorasc.run.cli import build_parser, resolve
 
     config = tmp_path / "c.json"
     config.write_text(json.dumps({"run": {"lr": 0.002, "epochs": 3}, "lorasc": {"slow_alpha": 0.8, "expert": {"r": 4}}}))

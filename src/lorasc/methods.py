@@ -32,9 +32,9 @@ from .config import LoRASCConfig
 from .export import delta_ranks, export_dense, export_stacked
 from .full import FullFineTune
 from .init import BatchSource
-from .model_files import check_targets
 from .noise import perturb_once
 from .schedule import check_cycle_plan
+from .targets import check_targets
 
 Trained = LoRASC | FullFineTune  # what `build` returns and the loop drives
 ONE_EXPERT = {"slow_alpha": 1.0, "noise_lambda": 0.0, "num_cycles": 1, "cycle_steps": None}
@@ -55,9 +55,10 @@ class Method:
         expert = dataclasses.replace(base.expert, **self.expert) if self.expert else base.expert
         return dataclasses.replace(base, **self.fields, expert=expert)
 
-    def check_inputs(self, base: LoRASCConfig, folder: Path, steps_per_epoch: int, total_steps: int) -> None:
-        """The experts' targets and rank fit the model's layers, and the cycles fit the run."""
-        check_targets(folder, base.expert.target_modules, base.expert.r)
+    def check_inputs(self, base: LoRASCConfig, shapes: dict[str, list[int]], steps_per_epoch: int, total_steps: int) -> None:
+        """The experts' targets and rank fit the model's layers (`shapes`: weight name -> shape, as in the
+        model's files), and the cycles fit the run."""
+        check_targets(shapes, base.expert.target_modules, base.expert.r)
         check_cycle_plan(self.config(base), steps_per_epoch, total_steps)
 
     def build(self, model: torch.nn.Module, base: LoRASCConfig, grad_batches: BatchSource | None = None,
@@ -84,7 +85,7 @@ class FullFineTuning:
     def config(self, base: LoRASCConfig) -> LoRASCConfig:
         return base  # no cascade: the fields are recorded as given and unused
 
-    def check_inputs(self, base: LoRASCConfig, folder: Path, steps_per_epoch: int, total_steps: int) -> None:
+    def check_inputs(self, base: LoRASCConfig, shapes: dict[str, list[int]], steps_per_epoch: int, total_steps: int) -> None:
         """Nothing to refuse: every weight trains, and there are no experts or cycles."""
 
     def build(self, model: torch.nn.Module, base: LoRASCConfig, grad_batches: BatchSource | None = None,

@@ -21,13 +21,15 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
+from ..config import LoRASCConfig
+from ..targets import check_rank, targeted_shapes
 from .checkpoint import disk_full
-from .config import LoRASCConfig
-from .model_files import check_rank, targeted_shapes, weight_shapes
+from .errors import CliError
+from .model_files import weight_shapes
 from .run_config import PEFT_TASK_TYPES, RUN_METHODS, TASKS, RunConfig
 from .run_folder import (check_data_unchanged, check_export_folder, check_output_dir, check_resumable, finished_run, remove_unstarted, run_lock,
                          write_data_digests)
-from .settings import EXPERT_FLAGS, LORASC_FIELDS, RUN_FLAGS, CliError, resolve, write_config
+from .settings import EXPERT_FLAGS, LORASC_FIELDS, RUN_FLAGS, resolve, write_config
 
 WRITE_FIX = {"train": "choose a writable --output-dir", "eval": "copy the run folder somewhere writable and evaluate the copy",
              "export": "pass --output with a writable folder"}
@@ -153,8 +155,9 @@ def summary_table(metrics: dict) -> str:
 
 
 def command_eval(args: argparse.Namespace) -> int:
+    from .datasets import load_task
     from .metrics import evaluate
-    from .task import load_model, load_task
+    from .models import load_model
 
     run, _ = finished_run(args.run)
     data = load_task(run)
@@ -168,8 +171,9 @@ def command_eval(args: argparse.Namespace) -> int:
 
 
 def command_export(args: argparse.Namespace) -> int:
-    from .export import export_compressed_between
-    from .task import load_model, load_task
+    from ..export import export_compressed_between
+    from .datasets import load_task
+    from .models import load_model
 
     run, config = finished_run(args.run)
     if args.rank < 1:

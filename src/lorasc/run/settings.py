@@ -15,10 +15,11 @@ from pathlib import Path
 
 import yaml
 
-from .config import DEFAULT_EXPERT, EXPERT_INITS, NOISE_KINDS, NOISE_TARGETS, OPTIMIZER_STATE_MODES, LoRASCConfig, require
-from .data import DATASETS
+from ..config import DEFAULT_EXPERT, EXPERT_INITS, NOISE_KINDS, NOISE_TARGETS, OPTIMIZER_STATE_MODES, LoRASCConfig, require
+from .datasets import DATASETS
+from .errors import CliError
+from .models import default_targets, model_path
 from .run_config import DEVICES, DTYPES, RUN_METHODS, TASKS, RunConfig
-from .task import default_targets, model_path
 
 # The main job's defaults: a 4-expert cascade over one epoch of 8,000 tweets (about 500 steps).
 DEFAULT_LORASC = {"num_cycles": 4}
@@ -30,10 +31,6 @@ EXPERT_FLAGS = {"r": "int", "lora_alpha": "float", "target_modules": "list", "lo
                 "init_lora_weights": "bool | str"}
 EXPERT_FIELDS = {**EXPERT_FLAGS, "modules_to_save": "list | None", "task_type": "str | None"}
 RUN_FLAGS = {name: kind for name, kind in RUN_FIELDS.items() if name not in ("method", "task", "seed", "model")}  # those have their own flags
-
-
-class CliError(Exception):
-    """A problem the user can fix; printed as one line."""
 
 
 def resolve(args: argparse.Namespace) -> tuple[RunConfig, LoRASCConfig]:

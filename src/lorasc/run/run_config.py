@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import require
-from .data import DATASETS
-from .methods import METHODS
+from ..config import require
+from ..methods import METHODS
+from .datasets import DATASETS
 
 PEFT_TASK_TYPES = {"classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}  # a run's task -> the expert's PEFT task type
 TASKS = tuple(PEFT_TASK_TYPES)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from .data import Example
+from .batches import IGNORED, encode, summed_loss, to_device
+from .data_files import Example
 from .run_config import RunConfig
-from .task import IGNORED, encode, summed_loss, to_device
 
 EVAL_BATCH = 64
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from .config import LoRASCConfig
-from .data import DataError
-from .methods import METHODS
+from ..config import LoRASCConfig
+from ..methods import METHODS
+from .datasets import load_task
+from .errors import DataError
 from .model_files import check_max_length, weight_shapes
+from .models import check_head, model_path
 from .run_config import RunConfig
-from .task import check_head, load_task, model_path
 
 
 def check_run_inputs(run: RunConfig, config: LoRASCConfig) -> None:
@@ -16,8 +17,8 @@ def check_run_inputs(run: RunConfig, config: LoRASCConfig) -> None:
     if not data.train:
         raise DataError("the training set is empty; check the data file and --n-train")
     path = model_path(run)
-    weight_shapes(path)
+    shapes = weight_shapes(path)
     check_max_length(path, run.max_length)
     if run.task == "classification":
         check_head(path, data.labels)
-    METHODS[run.method].check_inputs(config, path, *run.steps(len(data.train)))
+    METHODS[run.method].check_inputs(config, shapes, *run.steps(len(data.train)))

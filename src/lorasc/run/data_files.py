@@ -12,9 +12,17 @@ import csv
 import io
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
-from .data import DataError, Example
+from .errors import DataError
+
+
+@dataclass
+class Example:
+    text: str
+    label: int | str  # class index, or the response text for causal LM
+
 
 BINARY_SIGNATURES = {b"\x1f\x8b": "gzip-compressed", b"PK\x03\x04": "a zip archive (an .xlsx or .zip?)", b"BZh": "bzip2-compressed",
                      b"\xfd7zXZ": "xz-compressed"}

