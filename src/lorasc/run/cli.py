@@ -29,7 +29,7 @@ from .model_files import weight_shapes
 from .run_config import PEFT_TASK_TYPES, RUN_METHODS, TASKS, RunConfig
 from .run_folder import (check_data_unchanged, check_export_folder, check_output_dir, check_resumable, finished_run, remove_unstarted, run_lock,
                          write_data_digests)
-from .settings import EXPERT_FLAGS, LORASC_FIELDS, RUN_FLAGS, resolve, write_config
+from .settings import EXPERT_FLAGS, FLAG_HELP, LORASC_FIELDS, RUN_FLAGS, resolve, write_config
 
 WRITE_FIX = {"train": "choose a writable --output-dir", "eval": "copy the run folder somewhere writable and evaluate the copy",
              "export": "pass --output with a writable folder"}
@@ -49,14 +49,15 @@ def _add_flags(parser: argparse.ArgumentParser, fields: dict, prefix: str = "") 
     for name, kind in fields.items():
         flag = "--" + (prefix + name).replace("_", "-")
         dest = prefix.replace("-", "_") + name
+        common = {"dest": dest, "default": argparse.SUPPRESS, "help": FLAG_HELP.get(name)}
         if kind == "bool":
-            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
         elif isinstance(kind, tuple):
-            parser.add_argument(flag, dest=dest, choices=kind, default=argparse.SUPPRESS)
+            parser.add_argument(flag, choices=kind, **common)
         elif kind == "list":
-            parser.add_argument(flag, dest=dest, nargs="+", default=argparse.SUPPRESS)
+            parser.add_argument(flag, nargs="+", **common)
         else:
-            parser.add_argument(flag, dest=dest, default=argparse.SUPPRESS)
+            parser.add_argument(flag, **common)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,16 +21,21 @@ from .errors import CliError
 from .models import default_targets, model_path
 from .run_config import DEVICES, DTYPES, RUN_METHODS, TASKS, RunConfig
 
-# The main job's defaults: a 4-expert cascade over one epoch of 8,000 tweets (about 500 steps).
+# The main job's defaults: a 4-expert cascade over one epoch of 8,000 tweets (about 500 steps). The
+# library's LoRASCConfig default is one cycle per epoch instead: the flag's help says so.
 DEFAULT_LORASC = {"num_cycles": 4}
+FLAG_HELP = {"num_cycles": "the run cut into T equal cycles (default here: 4; the library's LoRASCConfig default is one cycle per epoch)",
+             "cycle_steps": "a new expert every N optimizer steps instead of --num-cycles (pass --num-cycles none with it)",
+             "seed": "the run's one seed: the new head, the data order, the noise and each expert (default 0)"}
 CHOICES = {"method": RUN_METHODS, "task": TASKS, "dataset": DATASETS, "device": DEVICES, "dtype": tuple(DTYPES), "noise_kind": NOISE_KINDS,
            "noise_targets": NOISE_TARGETS, "optimizer_state": OPTIMIZER_STATE_MODES, "expert_init": EXPERT_INITS}
 RUN_FIELDS = {f.name: CHOICES.get(f.name, f.type) for f in dataclasses.fields(RunConfig)}
-LORASC_FIELDS = {f.name: CHOICES.get(f.name, f.type) for f in dataclasses.fields(LoRASCConfig) if f.name != "expert"}
+# The seed has one home, the run's: the cascade takes run.seed (see resolve).
+LORASC_FIELDS = {f.name: CHOICES.get(f.name, f.type) for f in dataclasses.fields(LoRASCConfig) if f.name not in ("expert", "seed")}
 EXPERT_FLAGS = {"r": "int", "lora_alpha": "float", "target_modules": "list", "lora_dropout": "float", "use_dora": "bool", "use_rslora": "bool",
                 "init_lora_weights": "bool | str"}
 EXPERT_FIELDS = {**EXPERT_FLAGS, "modules_to_save": "list | None", "task_type": "str | None"}
-RUN_FLAGS = {name: kind for name, kind in RUN_FIELDS.items() if name not in ("method", "task", "seed", "model")}  # those have their own flags
+RUN_FLAGS = {name: kind for name, kind in RUN_FIELDS.items() if name not in ("method", "task", "model")}  # those have their own flags
 
 
 def resolve(args: argparse.Namespace) -> tuple[RunConfig, LoRASCConfig]:
@@ -46,15 +51,12 @@ def resolve(args: argparse.Namespace) -> tuple[RunConfig, LoRASCConfig]:
     run_values.update(typed("run", {k: flags[k] for k in RUN_FIELDS if k in flags}, RUN_FIELDS))
     lorasc_values.update(typed("lorasc", {k: flags[k] for k in LORASC_FIELDS if k in flags}, LORASC_FIELDS))
     expert_values.update(typed("expert", {k: flags["expert_" + k] for k in EXPERT_FLAGS if "expert_" + k in flags}, EXPERT_FIELDS))
-    if "seed" in flags:
-        run_values["seed"] = lorasc_values["seed"]
-    run_values.setdefault("seed", lorasc_values.get("seed", 0))
     run = RunConfig(**run_values)
     if "target_modules" not in expert_values:
         expert_values["target_modules"] = default_targets(model_path(run))
     dropout = expert_values.get("lora_dropout", 0.0)
     require(0.0 <= dropout < 1.0, "expert.lora_dropout", dropout, "a float in [0, 1)")  # torch would refuse it only when building the model
-    return run, LoRASCConfig.from_dict({**lorasc_values, "expert": expert_values})
+    return run, LoRASCConfig.from_dict({**lorasc_values, "seed": run.seed, "expert": expert_values})
 
 
 def read_config(path: Path) -> dict:
@@ -70,11 +72,22 @@ def read_config(path: Path) -> dict:
     if not isinstance(loaded, dict) or not loaded or set(loaded) - {"run", "lorasc"}:
         raise CliError(f"{path} must be a mapping with the sections 'run' and/or 'lorasc' (see RUN/config.yaml of any run); fix its top level")
     try:
-        lorasc = section(loaded, "lorasc")
+        run, lorasc = one_seed(section(loaded, "run"), section(loaded, "lorasc"))
         expert = typed("lorasc.expert", section(lorasc, "expert"), EXPERT_FIELDS)
-        return {"run": typed("run", section(loaded, "run"), RUN_FIELDS), "lorasc": {**typed("lorasc", lorasc, LORASC_FIELDS, {"expert"}), "expert": expert}}
+        return {"run": typed("run", run, RUN_FIELDS), "lorasc": {**typed("lorasc", lorasc, LORASC_FIELDS, {"expert"}), "expert": expert}}
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None  # which file holds the value
+
+
+def one_seed(run: dict, lorasc: dict) -> tuple[dict, dict]:
+    """The sections with the seed in `run` only. A config.yaml written before the seed had one home
+    repeats it as lorasc.seed: taken as the run's seed, unless it says another."""
+    if "seed" not in lorasc:
+        return run, lorasc
+    lorasc = dict(lorasc)
+    seed = lorasc.pop("seed")
+    require(run.get("seed", seed) == seed, "lorasc.seed", seed, f"absent, or run.seed={run.get('seed')!r}: a run has one seed, run.seed")
+    return {"seed": seed, **run}, lorasc
 
 
 def section(loaded: dict, name: str) -> dict:
@@ -156,7 +169,8 @@ _KIND_NAMES = {_as_int: "an integer", _as_float: "a finite number", _as_bool: "t
 
 
 def write_config(run_dir: Path, run: RunConfig, config: LoRASCConfig) -> None:
-    (run_dir / "config.yaml").write_text(yaml.safe_dump({"run": dataclasses.asdict(run), "lorasc": config.to_dict()}, sort_keys=False))
+    lorasc = {name: value for name, value in config.to_dict().items() if name != "seed"}  # run.seed is the one seed
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"run": dataclasses.asdict(run), "lorasc": lorasc}, sort_keys=False))
 
 
 def resume_conflict(args: argparse.Namespace, config_file: Path) -> str | None:
