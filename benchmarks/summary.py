@@ -17,6 +17,8 @@ from .stats import describe, paired
 SPLITS = ("val", "test", "ood")
 METRICS = ("accuracy", "macro_f1")  # a causal LM has no macro-F1
 REPORTED = ("test", "ood")  # the splits the headline weighs; validation only chooses
+NOISE_FREE = "COLA"  # LoRASC's chain without its noise: LoRASC against it is what the noise adds
+OPPONENTS = ("baseline", "rival")  # whom the headline weighs LoRASC against: LoRA, then the best rival
 
 
 def runs_at(board: Board, label: str, lr: float, group: str = MAIN) -> dict[int, dict]:
@@ -62,7 +64,7 @@ def decided(c: dict | None, seeds: int) -> dict | None:
 
 
 def comparisons(p: Protocol, rows: dict[str, dict], selection_split: str) -> dict:
-    """LoRASC against LoRA and against the best rival; every row against LoRA."""
+    """LoRASC against LoRA, against the best rival and against the noise-free chain; every row against LoRA."""
     rival = best_rival(p, rows, selection_split)
 
     def headline(theirs: str | None, split: str) -> dict | None:
@@ -70,10 +72,19 @@ def comparisons(p: Protocol, rows: dict[str, dict], selection_split: str) -> dic
 
     return {
         "rival": rival,
-        "headline": {split: {"baseline": headline(p.baseline, split), "rival": headline(rival, split)} for split in REPORTED},
+        "headline": {split: {"baseline": headline(p.baseline, split), "rival": headline(rival, split), "noise_free": headline(NOISE_FREE, split)}
+                     for split in REPORTED},
         "against_baseline": {label: {split: None if label == p.baseline else versus(rows, label, p.baseline, split) for split in REPORTED}
                              for label in rows},
     }
+
+
+def verdict_counts(summaries: list[dict], opponent: str) -> dict[str, int]:
+    """How many headline comparisons against `opponent` (OPPONENTS) each verdict has, over the summaries and
+    the reported splits; `decided` counts beats, ties and loses, `open` the undecided and unmeasured."""
+    verdicts = [(s["headline"][split][opponent] or {}).get("verdict", "missing") for s in summaries for split in REPORTED]
+    counts = {verdict: verdicts.count(verdict) for verdict in ("beats", "ties", "loses")}
+    return {**counts, "decided": sum(counts.values()), "open": len(verdicts) - sum(counts.values())}
 
 
 def chosen_rows(p: Protocol, entries: dict[str, Entry], board: Board) -> dict[str, dict]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .runner import last_line
+from .summary import OPPONENTS, REPORTED
 
 DASH = "—"
 
@@ -35,6 +36,11 @@ def interval(c: dict | None) -> str:
     return signed(c["diff"]) if c["low"] is None else f"{signed(c['diff'])} [{signed(c['low'])}, {signed(c['high'])}]"
 
 
+def verdict_cell(c: dict | None) -> str:
+    """A headline comparison: the difference with its 95 % interval, then its verdict."""
+    return DASH if c is None else f"{interval(c)} {c['verdict']}"
+
+
 def md_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
@@ -60,11 +66,30 @@ def finalists_table(s: dict, labels) -> str:
     return md_table(COMPARISON, [comparison_cells(s, label) for label in s["rows"] if label in labels])
 
 
+VERDICTS_HEADER = ["task", "regime", "seeds", "best rival", "ID: LoRASC − LoRA", "ID: LoRASC − best rival", "OOD: LoRASC − LoRA",
+                   "OOD: LoRASC − best rival"]
+
+
+def verdicts_table(rows: list[tuple[str, str, dict]], no_rival: str) -> str:
+    """Per (task, regime, summary): LoRASC − LoRA and LoRASC − the best rival, ID then OOD, each with its
+    interval and verdict; the seeds are those of the ID comparison with LoRA."""
+    cells = []
+    for task, regime, s in rows:
+        first = s["headline"][REPORTED[0]][OPPONENTS[0]]
+        cells.append([task, regime, len(first["seeds"]) if first else DASH, s["rival"] or no_rival,
+                      *(verdict_cell(s["headline"][split][opponent]) for split in REPORTED for opponent in OPPONENTS)])
+    return md_table(VERDICTS_HEADER, cells)
+
+
+def per_lr(accuracies) -> str:
+    return " / ".join(pct(a) for a in accuracies)
+
+
 def grid_table(s: dict) -> str:
     split = s["selection_split"]
     rows = [[label, lr_list(g["lrs"]), f"{max(g['lrs']) / min(g['lrs']):.0f}×", pct(g["best"]), pct(g["mean"]), pct(g["spread"]),
-             " / ".join(pct(a) for a in g["accuracy"][split])] for label, g in s["grids"].items()]
-    return md_table(["method", "LRs", "span", "best %", "mean %", "spread (pts)", f"{split} acc % per LR"], rows)
+             per_lr(g["accuracy"][split]), per_lr(g["accuracy"]["ood"])] for label, g in s["grids"].items()]
+    return md_table(["method", "LRs", "span", "best %", "mean %", "spread (pts)", f"{split} acc % per LR", "OOD acc % per LR"], rows)
 
 
 def long_table(s: dict) -> str:

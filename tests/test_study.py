@@ -33,7 +33,8 @@ def accuracy(spec, split):
 
 
 def protocol():
-    base = dataclasses.replace(QUICK, grids={"wide": (1e-3, 3e-3)}, select_seeds=(0, 1), final_seeds=5, rivals=("LoRA", "DoRA"), max_extensions=0)
+    base = dataclasses.replace(QUICK, grids={"wide": (1e-3, 3e-3)}, select_seeds=(0, 1), final_seeds=5, rivals=("LoRA", "DoRA", "COLA"),
+                               max_extensions=0)
     return study.study_protocol(base)
 
 
@@ -48,7 +49,7 @@ def test_stages_find_the_best_setting_and_give_it_the_finalists_seeds():
     entries, best = study.explore(p, SETTINGS, board)
     assert best == "init=orthogonal + state=keep"  # the two best factors that beat the base, on different fields
     assert entries[best].fields == {"slow_alpha": 0.8, "expert_init": "orthogonal", "optimizer_state": "keep"}
-    for label in (best, "LoRA", "DoRA"):
+    for label in (best, "LoRA", "DoRA", "COLA"):
         assert sorted(r["seed"] for r in runs if r["label"] == label and r["lr"] == study.grid(p, entries, label, board)[1]) == [0, 1, 2, 3, 4]
     assert all(r["seed"] in p.select_seeds for r in runs if r["label"] in FACTORS)
 
@@ -56,11 +57,13 @@ def test_stages_find_the_best_setting_and_give_it_the_finalists_seeds():
 def test_summary_and_report(tmp_path):
     p = protocol()
     s = study.summarize(p, SETTINGS, settle(lambda b: study.plan(p, SETTINGS, b), accuracy))
-    assert s["best"] == "init=orthogonal + state=keep" and s["rival"] in ("LoRA", "DoRA")
+    assert s["best"] == "init=orthogonal + state=keep" and s["rival"] == "LoRA"  # the rivals tie: the first of them
     assert s["headline"]["test"]["baseline"]["verdict"] == "beats"
     assert s["headline"]["test"]["baseline"]["diff"] == pytest.approx(0.66 + 0.05 + 0.01 + 0.02 + 0.01 - 0.70)
     markdown = write_study([(p, s)], tmp_path, tmp_path / "study.md").read_text()
     assert "**ID: init=orthogonal + state=keep beats LoRA**" in markdown and "| state=prune | 0.003 | 72.5 | 2 |" in markdown
+    assert "- **OOD: init=orthogonal + state=keep beats COLA** by +5.0 points (95 % CI +5.0 to +5.0, paired over 5 seeds)." in markdown  # noise-free
+    assert "COLA is a chain of experts like LoRASC's (α = 1), without its noise" in markdown
     assert "| init=orthogonal + state=keep | 0.003 | 75.1 | 5 | 75.2 |" in markdown  # chosen on seeds 0-1; then all 5
     assert (tmp_path / f"study-{p.name}_heatmap.png").stat().st_size > 1000
     assert "The best setting of all, on validation: **init=orthogonal + state=keep**." in markdown
