@@ -86,7 +86,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(name, interrup
     from lorasc.run.checkpoint import load_checkpoint, model_fingerprint
     from lorasc.run.assets import default_model_path
 
-    checkpoint = load_checkpoint(interrupted, model_fingerprint(default_model_path()))
+    checkpoint = load_checkpoint(interrupted, model_fingerprint(default_model_path()), restore=lambda checkpoint: None)
     assert checkpoint.progress["step"] == 3
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "checkpoint-4 is unreadable" in err and "resuming from checkpoint-3" in err, err

@@ -16,10 +16,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import os
 import pickle
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +27,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .metrics import LOG_FIELDS
+from .run_files import remove, replacing, write_file
+
 TRAINABLE, STATE, PROGRESS = "trainable.safetensors", "state.pt", "progress.json"
 STATE_KEYS = {"cascade", "optimizer", "scheduler", "scaler", "rng"}
-PROGRESS_KEYS = {"step", "rows", "elapsed", "step_seconds", "fingerprint"}
+PROGRESS_TYPES = {"step": int, "rows": list, "elapsed": (int, float), "step_seconds": (int, float), "fingerprint": str}
 MODEL_FILE_ENDINGS = (".safetensors", ".bin", ".index.json")  # weights, and the index of sharded ones
 CHUNK = 1 << 24
 KEPT = 2
@@ -63,6 +66,11 @@ def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
+def set_trainable_dtype(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    for p in trainable_parameters(model).values():
+        p.data = p.data.to(dtype)
+
+
 def rng_states() -> dict:
     return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
 
@@ -77,23 +85,24 @@ def save_checkpoint(run_dir: Path, step: int, trainable: dict[str, torch.Tensor]
     """Write checkpoint-<step>, then point LATEST at it with an atomic rename: a crash mid-write
     leaves the previous checkpoint as the latest good one. Keeps the two newest."""
     final = run_dir / f"checkpoint-{step}"
-    tmp = run_dir / f".checkpoint-{step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     try:
-        save_file({name: t.detach().to("cpu", copy=True).contiguous() for name, t in trainable.items()}, tmp / TRAINABLE)
-        torch.save(state, tmp / STATE)
-        (tmp / PROGRESS).write_text(json.dumps({"step": step, **progress}))
+        with replacing(final) as folder:
+            folder.mkdir()
+            save_file({name: t.detach().to("cpu", copy=True).contiguous() for name, t in trainable.items()}, folder / TRAINABLE)
+            torch.save(state, folder / STATE)
+            (folder / PROGRESS).write_text(json.dumps({"step": step, **progress}))
     except (OSError, RuntimeError, SafetensorError) as err:
-        shutil.rmtree(tmp, ignore_errors=True)  # gives back the space a full disk needs
         raise disk_full(err, run_dir) or err
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    pointer = run_dir / ".LATEST.tmp"
-    pointer.write_text(final.name)
-    os.replace(pointer, run_dir / "LATEST")
-    for old in sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[:-KEPT]:
-        shutil.rmtree(old, ignore_errors=True)
+    write_file(run_dir / "LATEST", final.name)
+    for old in checkpoint_folders(run_dir)[KEPT:]:
+        remove(old)
+
+
+def remove_checkpoints(run_dir: Path) -> None:
+    """A finished run's outputs replace its checkpoints."""
+    for folder in checkpoint_folders(run_dir):
+        remove(folder)
+    remove(run_dir / "LATEST")
 
 
 def disk_full(err: Exception, folder: Path) -> OSError | None:
@@ -106,28 +115,46 @@ def disk_full(err: Exception, folder: Path) -> OSError | None:
     return None
 
 
-def load_checkpoint(run_dir: Path, fingerprint: str) -> Checkpoint | None:
-    """The run's newest readable checkpoint, or None if it has none. A damaged one (truncated, emptied)
-    is skipped for the one before it, with a note. Refuses (CheckpointError) a checkpoint written for
-    other base model files, and any state file that would need unpickling objects."""
-    damaged = []
+def load_checkpoint(run_dir: Path, fingerprint: str, restore: Callable[[Checkpoint], None]) -> Checkpoint | None:
+    """Restore the run's newest usable checkpoint with `restore` and return it; None if the run has none.
+    One that is damaged (truncated, emptied) or well-formed but wrong (`restore` fails on it) is skipped
+    for the one before it, with a note. Refuses (CheckpointError) a checkpoint written for other base
+    model files, and any state file that would need unpickling objects."""
+    unusable = []
     for folder in checkpoint_folders(run_dir):
         try:
             checkpoint = read_checkpoint(folder)
+            check_fingerprint(checkpoint, folder, fingerprint)
+            _restore(restore, checkpoint)
         except DamagedCheckpoint as err:
-            damaged.append(f"{folder.name} is unreadable ({err})")
+            unusable.append(f"{folder.name} is unreadable ({err})")
             continue
-        if damaged:
-            print(f"lorasc: note: {'; '.join(damaged)}; resuming from {folder.name}, the newest readable checkpoint", file=sys.stderr)
-        if checkpoint.progress.get("fingerprint") != fingerprint:
-            raise CheckpointError(
-                f"the base model files changed since {folder} was written (their sha256 fingerprint differs): the checkpoint "
-                "holds no backbone, so it resumes only on the exact files the run started from; restore them or start a new run"
-            )
+        if unusable:
+            print(f"lorasc: note: {'; '.join(unusable)}; resuming from {folder.name}, the newest readable checkpoint", file=sys.stderr)
         return checkpoint
-    if damaged:
-        raise CheckpointError(f"{run_dir} has no readable checkpoint: {'; '.join(damaged)}; start a new run (--output-dir NEW)")
+    if unusable:
+        raise CheckpointError(f"{run_dir} has no readable checkpoint: {'; '.join(unusable)}; start a new run (--output-dir NEW)")
     return None
+
+
+def check_fingerprint(checkpoint: Checkpoint, folder: Path, fingerprint: str) -> None:
+    if checkpoint.progress["fingerprint"] != fingerprint:
+        raise CheckpointError(
+            f"the base model files changed since {folder} was written (their sha256 fingerprint differs): the checkpoint "
+            "holds no backbone, so it resumes only on the exact files the run started from; restore them or start a new run"
+        )
+
+
+def _restore(restore: Callable[[Checkpoint], None], checkpoint: Checkpoint) -> None:
+    """`restore`, with the errors that a well-formed but wrong state raises (`cascade: {}`, a list where a
+    tensor belongs) turned into DamagedCheckpoint. Each restore sets every part of the run's state, so a
+    later one undoes whatever a failed one set."""
+    try:
+        restore(checkpoint)
+    except torch.OutOfMemoryError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as err:
+        raise DamagedCheckpoint(f"its state does not fit this run: {type(err).__name__} {' '.join(str(err).split())[:100]}") from None
 
 
 def checkpoint_folders(run_dir: Path) -> list[Path]:
@@ -152,18 +179,24 @@ def read_checkpoint(folder: Path) -> Checkpoint:
     except (OSError, SafetensorError) as err:
         raise DamagedCheckpoint(_damaged(TRAINABLE, err)) from None
     state = load_state(folder / STATE)
-    if not STATE_KEYS <= state.keys() or not PROGRESS_KEYS <= progress.keys():
-        raise DamagedCheckpoint("it lacks entries that lorasc writes")
+    if not STATE_KEYS <= state.keys():
+        raise DamagedCheckpoint(f"{STATE} lacks entries that lorasc writes")
     return Checkpoint(trainable, state, progress)
 
 
 def read_progress(folder: Path) -> dict:
+    """progress.json, with each entry of the type lorasc writes: log.csv is rewritten from its rows."""
     try:
         progress = json.loads((folder / PROGRESS).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DamagedCheckpoint(_damaged(PROGRESS, err)) from None
     if not isinstance(progress, dict):
         raise DamagedCheckpoint(f"{PROGRESS} is not a JSON object")
+    for key, kind in PROGRESS_TYPES.items():
+        if not isinstance(progress.get(key), kind):
+            raise DamagedCheckpoint(f"{PROGRESS} has {key}={progress.get(key)!r:.40}, not what lorasc writes")
+    if not all(isinstance(row, dict) and row.keys() <= set(LOG_FIELDS) for row in progress["rows"]):
+        raise DamagedCheckpoint(f"{PROGRESS} has rows that are not rows of log.csv")
     return progress
 
 

@@ -18,21 +18,27 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from safetensors import SafetensorError
 
 from ..config import LoRASCConfig
-from ..targets import check_rank, targeted_shapes
+from ..targets import check_rank, targeted_shapes, task_type_of
 from .checkpoint import disk_full
 from .errors import CliError
 from .model_files import weight_shapes
-from .run_config import PEFT_TASK_TYPES, RUN_METHODS, TASKS, RunConfig
-from .run_folder import (check_data_unchanged, check_export_folder, check_output_dir, check_resumable, finished_run, remove_unstarted, run_lock,
-                         write_data_digests)
-from .settings import EXPERT_FLAGS, FLAG_HELP, LORASC_FIELDS, RUN_FLAGS, resolve, write_config
+from .run_config import RUN_METHODS, TASKS, RunConfig
+from .run_files import replacing, write_file
+from .run_folder import (abridged, check_base_unchanged, check_data_unchanged, check_export_folder, check_output_dir, check_resumable,
+                         finished_run, missing_folders, remove_unstarted, run_lock, write_data_digests)
+from .settings import EXPERT_FLAGS, FLAG_HELP, LORASC_FIELDS, RUN_FLAGS, in_flags, resolve, write_config
 
 WRITE_FIX = {"train": "choose a writable --output-dir", "eval": "copy the run folder somewhere writable and evaluate the copy",
              "export": "pass --output with a writable folder"}
+NO_SPACE_FIX = {"train": "free space, then rerun the command (with --resume once the run has written a checkpoint: the last good one is kept)",
+                "eval": "free space, then rerun the command", "export": "free space, then rerun the command (a cut-short export leaves nothing behind)"}
+LONG_PATH_FIX = {"train": "pass shorter paths (--output-dir, --data, --model)", "eval": "move the run folder to a shorter path",
+                 "export": "pass a shorter --output, or move the run folder to a shorter path"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -102,16 +108,21 @@ def command_train(args: argparse.Namespace) -> int:
     run, config = resolve(args)
     run_dir = args.output_dir or Path("runs") / run.method
     check_output_dir(run_dir, args.resume)
-    check_run_inputs(run, config)
+    data = check_run_inputs(run, config)
     if args.resume:
         check_data_unchanged(run_dir, run)
     accelerator = make_accelerator(run)
     accelerator.wait_for_everyone()  # every process has checked the folder before the main one writes to it
-    main = accelerator.is_main_process
+    main, created = accelerator.is_main_process, missing_folders(run_dir)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir) if main else contextlib.nullcontext():
-        metrics = _train_into(run_dir, run, config, args, accelerator)
+        try:
+            metrics = _train_into(run_dir, run, config, data, args, accelerator)
+        except Exception:
+            if main and not args.resume:  # under the lock: the files are this run's
+                remove_unstarted(run_dir, created)
+            raise
     if main:
         plot_run(run_dir)
         print(summary_table(metrics))
@@ -120,19 +131,14 @@ def command_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_into(run_dir: Path, run: RunConfig, config: LoRASCConfig, args: argparse.Namespace, accelerator) -> dict:
+def _train_into(run_dir: Path, run: RunConfig, config: LoRASCConfig, data: TaskData, args: argparse.Namespace, accelerator) -> dict:
     from .train import train
 
-    fresh = not args.resume
-    if fresh and accelerator.is_main_process:
+    if not args.resume and accelerator.is_main_process:
         write_config(run_dir, run, config)
         write_data_digests(run_dir, run)
     try:
-        return train(run, config, run_dir, resume=args.resume, progress=not args.no_progress, accelerator=accelerator)
-    except ValueError:
-        if fresh and accelerator.is_main_process:
-            remove_unstarted(run_dir)
-        raise
+        return train(run, config, run_dir, resume=args.resume, progress=not args.no_progress, accelerator=accelerator, data=data)
     except (RuntimeError, SafetensorError) as err:
         raise disk_full(err, run_dir) or err
 
@@ -164,7 +170,7 @@ def command_eval(args: argparse.Namespace) -> int:
     data = load_task(run)
     model, tokenizer = load_model(dataclasses.replace(run, model=str(args.run / "model")), data.labels)
     results = {split: evaluate(model, tokenizer, examples, run, len(data.labels)) for split, examples in (("test", data.test), ("ood", data.ood))}
-    (args.run / "eval.json").write_text(json.dumps(results, indent=2))
+    write_file(args.run / "eval.json", json.dumps(results, indent=2))
     for split, m in results.items():
         if m:
             print(f"{split:<5} " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
@@ -179,15 +185,20 @@ def command_export(args: argparse.Namespace) -> int:
     run, config = finished_run(args.run)
     if args.rank < 1:
         raise CliError(f"--rank {args.rank} is not allowed: an integer >= 1")
-    check_rank(targeted_shapes(weight_shapes(args.run / "model"), config.expert.target_modules), args.rank, "--rank")
+    check_rank(targeted_shapes(weight_shapes(args.run / "model"), config.expert.target_modules), args.rank, "rank")
     out = args.output or args.run / f"adapter-r{args.rank}"
     check_export_folder(out)
+    check_base_unchanged(args.run, run)
     run = dataclasses.replace(run, dtype="float32")  # the delta of low-precision weights is exact in float32
     labels = load_task(run).labels
     tuned = load_model(dataclasses.replace(run, model=str(args.run / "model")), labels)[0]
     base = load_model(run, labels)[0]
-    expert = dataclasses.replace(config.expert, r=args.rank, use_dora=False, task_type=PEFT_TASK_TYPES[run.task])
-    errors = export_compressed_between(tuned, base, expert, out, args.rank)
+    expert = dataclasses.replace(config.expert, r=args.rank, use_dora=False, task_type=task_type_of(tuned))
+    try:
+        with replacing(out) as folder:  # a kill or a full disk leaves no half-written export
+            errors = export_compressed_between(tuned, base, expert, folder, args.rank)
+    except (RuntimeError, SafetensorError) as err:
+        raise disk_full(err, out.parent) or err
     mean = sum(errors.values()) / len(errors)
     print(f"wrote {out}: rank {args.rank}, relative reconstruction error mean {mean:.4f}, max {max(errors.values()):.4f} (per layer in compression.json)")
     return 0
@@ -223,10 +234,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _one_line(err: Exception, command: str) -> str:
     if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-        return f"no space left on the device while writing {err.filename or 'the run folder'}; free space, then rerun with --resume (the last good checkpoint is kept)"
+        return f"no space left on the device while writing {err.filename or 'the run folder'}; {NO_SPACE_FIX[command]}"
+    if isinstance(err, OSError) and err.errno == errno.ENAMETOOLONG:
+        return f"the path {abridged(err.filename)} is too long for the file system; {LONG_PATH_FIX[command]}"
     if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
         return f"cannot write {err.filename}: {err.strerror}; {WRITE_FIX[command]}"
-    return " ".join(str(err).split())
+    text = str(err)  # a value quoted from a hostile file can be megabytes long: its middle is cut, the fix at the end kept
+    return in_flags(" ".join((text if len(text) <= 2000 else f"{text[:1500]} … {text[-400:]}").split()))
 
 
 if __name__ == "__main__":

@@ -10,8 +10,10 @@ import torch
 from .batches import IGNORED, encode, summed_loss, to_device
 from .data_files import Example
 from .run_config import RunConfig
+from .run_files import replacing, unlinked
 
 EVAL_BATCH = 64
+LOG_FIELDS = ("step", "epoch", "cycle", "lr", "train_loss", "eval_loss", "eval_accuracy", "eval_macro_f1", "cycle_end")
 
 
 def macro_f1(pred: torch.Tensor, gold: torch.Tensor, num_classes: int) -> float:
@@ -56,28 +58,23 @@ def evaluate(model, tokenizer, examples: list[Example], run: RunConfig, num_clas
 class CsvLog:
     """log.csv (rewritten from the checkpoint's rows on resume), mirrored to TensorBoard if installed."""
 
-    FIELDS = ("step", "epoch", "cycle", "lr", "train_loss", "eval_loss", "eval_accuracy", "eval_macro_f1", "cycle_end")
-
     def __init__(self, path: Path, rows: list[dict]):
         self.path, self.rows = path, rows
-        self._rewrite()
+        with replacing(path) as temporary, open(temporary, "x", newline="") as f:
+            writer = csv.DictWriter(f, LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(self.rows)
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # TensorBoard is optional
             self.tensorboard = None
         else:
-            self.tensorboard = SummaryWriter(str(path.parent / "tensorboard"))
-
-    def _rewrite(self) -> None:
-        with open(self.path, "w", newline="") as f:
-            writer = csv.DictWriter(f, self.FIELDS)
-            writer.writeheader()
-            writer.writerows(self.rows)
+            self.tensorboard = SummaryWriter(str(unlinked(path.parent / "tensorboard")))
 
     def add(self, row: dict) -> None:
         self.rows.append(row)
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, self.FIELDS).writerow(row)
+        with open(self.path, "a", newline="") as f:  # the file that __init__ wrote, not a link
+            csv.DictWriter(f, LOG_FIELDS).writerow(row)
         if self.tensorboard is not None:
             for key in ("lr", "train_loss", "eval_loss", "eval_accuracy", "eval_macro_f1"):
                 if row.get(key, "") != "":

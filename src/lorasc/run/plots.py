@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .run_files import replacing  # noqa: E402
+
 
 def read_log(path: Path) -> list[dict]:
     with open(path, newline="") as f:
@@ -19,6 +21,14 @@ def read_log(path: Path) -> list[dict]:
 def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     points = [(int(r["step"]), float(r[key])) for r in rows if r.get(key) not in ("", None)]
     return [p[0] for p in points], [p[1] for p in points]
+
+
+def save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    with replacing(path) as temporary:
+        fig.savefig(temporary, format="png", dpi=110)
+    plt.close(fig)
+    return path
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:
@@ -33,10 +43,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         ax.axvline(step, color="grey", linestyle=":", linewidth=1)
     ax.set(xlabel="optimizer step", ylabel="cross-entropy", title="Loss (dotted lines: a new expert starts)")
     ax.legend()
-    fig.tight_layout()
-    loss_png = run_dir / "loss.png"
-    fig.savefig(loss_png, dpi=110)
-    plt.close(fig)
+    loss_png = save(fig, run_dir / "loss.png")
 
     cycle_rows = [r for r in rows if r.get("cycle_end") == "1"]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -48,8 +55,5 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     ax.set(xlabel="cycle (after its merge)", ylabel="metric", title="Test metric after each cycle")
     ax.set_xticks(cycles)
     ax.legend()
-    fig.tight_layout()
-    metric_png = run_dir / "metric_per_cycle.png"
-    fig.savefig(metric_png, dpi=110)
-    plt.close(fig)
+    metric_png = save(fig, run_dir / "metric_per_cycle.png")
     return [loss_png, metric_png]

@@ -4,21 +4,28 @@ from __future__ import annotations
 
 from ..config import LoRASCConfig
 from ..methods import METHODS
-from .datasets import load_task
+from .datasets import TaskData, load_task
 from .errors import DataError
 from .model_files import check_max_length, weight_shapes
 from .models import check_head, model_path
 from .run_config import RunConfig
 
 
-def check_run_inputs(run: RunConfig, config: LoRASCConfig) -> None:
-    """The data reads into examples, and the model folder is whole and fits the settings."""
-    data = load_task(run)
-    if not data.train:
-        raise DataError("the training set is empty; check the data file and --n-train")
+def check_run_inputs(run: RunConfig, config: LoRASCConfig) -> TaskData:
+    """The data reads into examples, and the model folder is whole and fits the settings. Returns the
+    data, which training then uses rather than reading it again."""
+    data = training_data(run)
     path = model_path(run)
     shapes = weight_shapes(path)
     check_max_length(path, run.max_length)
     if run.task == "classification":
         check_head(path, data.labels)
     METHODS[run.method].check_inputs(config, shapes, *run.steps(len(data.train)))
+    return data
+
+
+def training_data(run: RunConfig) -> TaskData:
+    data = load_task(run)
+    if not data.train:
+        raise DataError("the training set is empty; check the data file and --n-train")
+    return data

@@ -9,18 +9,24 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import itertools
 import json
-import shutil
+import os
+import sys
 from pathlib import Path
 
 from ..config import LoRASCConfig
-from .checkpoint import checkpoint_folders
+from .checkpoint import checkpoint_folders, model_fingerprint
 from .errors import CliError
 from .model_files import check_max_length, weight_shapes
+from .models import model_path
 from .run_config import RunConfig
+from .run_files import remove, unlinked, write_file
 from .settings import resolve, resume_conflict
 
 DATA_DIGESTS = "data.sha256.json"  # the data files a run trains on, checked again on resume
+ROOM_INSIDE = 128  # bytes for the longest path lorasc writes inside a run folder: TensorBoard's event files are named after the host
+NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 try:
     import fcntl
@@ -48,21 +54,50 @@ def check_resumable(args: argparse.Namespace) -> None:
 
 
 def check_output_dir(run_dir: Path, resume: bool) -> None:
-    for folder in (run_dir, *run_dir.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise CliError(f"--output-dir {run_dir} is not allowed: {folder} is a file, not a folder; pass a folder path")
-            break
+    existing = next(folder for folder in (run_dir, *run_dir.parents) if folder.exists())
+    if not existing.is_dir():
+        raise CliError(f"--output-dir {run_dir} is not allowed: {existing} is a file, not a folder; pass a folder path")
+    check_path_length(run_dir, existing)
     if not resume and run_dir.is_dir() and any(run_dir.iterdir()):
         raise CliError(f"{run_dir} already holds a run; pass --resume to continue it or --output-dir for a new one")
 
 
-def remove_unstarted(run_dir: Path) -> None:
-    """A fresh run that stopped on bad input before its first checkpoint leaves its folder empty, so
-    that the corrected command can use it (the folder was empty when the run started)."""
-    if run_dir.is_dir() and not checkpoint_folders(run_dir):
-        for path in run_dir.iterdir():
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+def check_path_length(run_dir: Path, existing: Path) -> None:
+    """The paths lorasc writes in the run folder fit the file system's limits, checked before the run
+    starts rather than met at its first checkpoint ("File name too long")."""
+    if not hasattr(os, "pathconf"):  # Windows: Python reports no limits there
+        return
+    name_limit, path_limit = os.pathconf(existing, "PC_NAME_MAX"), os.pathconf(existing, "PC_PATH_MAX")
+    longest_name = max(run_dir.parts, key=lambda part: len(os.fsencode(part)))
+    if len(os.fsencode(longest_name)) > name_limit:
+        raise CliError(f"--output-dir {abridged(run_dir)} is not allowed: its folder name {abridged(longest_name)} is over the file system's "
+                       f"limit of {name_limit} bytes; pass a shorter --output-dir")
+    if len(os.fsencode(run_dir)) + ROOM_INSIDE > path_limit:
+        raise CliError(f"--output-dir {abridged(run_dir)} is not allowed: with the {ROOM_INSIDE} bytes that the paths inside a run folder "
+                       f"take, it is over the file system's path limit of {path_limit} bytes; pass a shorter --output-dir")
+
+
+def abridged(path: str | Path) -> str:
+    """A path short enough for a one-line message, its start and its end kept."""
+    text = str(path)
+    return text if len(text) <= 80 else f"{text[:40]}…{text[-39:]}"
+
+
+def missing_folders(run_dir: Path) -> list[Path]:
+    """`run_dir` and those of its parents that do not exist yet, deepest first: what creating it makes."""
+    return list(itertools.takewhile(lambda folder: not folder.exists(), (run_dir, *run_dir.parents)))
+
+
+def remove_unstarted(run_dir: Path, created: list[Path]) -> None:
+    """A fresh run that fails before its first checkpoint leaves its folder as it found it (empty, or
+    absent with the parents it created), so that the corrected command can use it."""
+    if checkpoint_folders(run_dir):
+        return
+    for path in run_dir.iterdir():
+        remove(path)
+    for folder in created:
+        with contextlib.suppress(OSError):  # a folder that something else wrote into meanwhile stays
+            folder.rmdir()
 
 
 def data_digests(run: RunConfig) -> dict[str, str]:
@@ -70,7 +105,7 @@ def data_digests(run: RunConfig) -> dict[str, str]:
 
 
 def write_data_digests(run_dir: Path, run: RunConfig) -> None:
-    (run_dir / DATA_DIGESTS).write_text(json.dumps(data_digests(run), indent=2))
+    write_file(run_dir / DATA_DIGESTS, json.dumps(data_digests(run), indent=2))
 
 
 def check_data_unchanged(run_dir: Path, run: RunConfig) -> None:
@@ -86,8 +121,9 @@ def check_data_unchanged(run_dir: Path, run: RunConfig) -> None:
 
 @contextlib.contextmanager
 def run_lock(run_dir: Path):
-    """Held while this process trains into `run_dir`; refuses a run that another process is training."""
-    with open(run_dir / ".lock", "a") as lock:
+    """Held while this process trains into `run_dir`; refuses a run that another process is training.
+    A link at RUN/.lock is replaced, as every link at a path lorasc writes (run_files.py)."""
+    with os.fdopen(os.open(unlinked(run_dir / ".lock"), os.O_WRONLY | os.O_CREAT | NO_FOLLOW, 0o644), "a") as lock:
         if fcntl is not None:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -97,8 +133,8 @@ def run_lock(run_dir: Path):
 
 
 def finished_run(run_dir: Path) -> tuple[RunConfig, LoRASCConfig]:
-    """The settings of a finished run whose dense model is whole."""
-    new_run = f"train again with `lorasc train --config {run_dir / 'config.yaml'} --output-dir NEW`"
+    """The settings of a finished run whose dense model is whole and, where the run recorded its
+    fingerprint, unchanged since the run finished."""
     if not run_dir.is_dir():
         raise CliError(f"{run_dir} is not a run folder; pass the --output-dir of a finished `lorasc train`")
     if not (run_dir / "config.yaml").is_file():
@@ -106,11 +142,52 @@ def finished_run(run_dir: Path) -> tuple[RunConfig, LoRASCConfig]:
     if not (run_dir / "metrics.json").is_file():
         raise CliError(f"{run_dir} has not finished (no metrics.json); finish it with `lorasc train --resume --output-dir {run_dir}`")
     if not (run_dir / "model" / "config.json").is_file():
-        raise CliError(f"{run_dir} has no dense model ({run_dir / 'model' / 'config.json'} is missing); restore it from a copy, or {new_run}")
+        raise CliError(f"{run_dir} has no dense model ({run_dir / 'model' / 'config.json'} is missing); restore it from a copy, or {_new_run(run_dir)}")
     run, config = resolve(argparse.Namespace(config=run_dir / "config.yaml"))
-    weight_shapes(run_dir / "model", fix=f"restore it from a copy, or {new_run}")
+    weight_shapes(run_dir / "model", fix=f"restore it from a copy, or {_new_run(run_dir)}")
     check_max_length(run_dir / "model", run.max_length)
+    recorded = recorded_fingerprints(run_dir)
+    if recorded and model_fingerprint(run_dir / "model") != recorded["model"]:
+        raise CliError(f"{run_dir / 'model'} changed since the run finished (its sha256 fingerprint differs from the one in metrics.json); "
+                       f"restore it from a copy, or {_new_run(run_dir)}")
     return run, config
+
+
+def check_base_unchanged(run_dir: Path, run: RunConfig) -> None:
+    """An adapter is the difference between the dense model and the base model: exported against other
+    base files it is wrong. A run from before lorasc recorded fingerprints gets a note instead."""
+    base, recorded = model_path(run), recorded_fingerprints(run_dir)
+    if not recorded:
+        print(f"lorasc: note: {run_dir} records no fingerprint of its base model files (it predates them); the export assumes "
+              f"that {base} holds the files the run trained on, unchanged", file=sys.stderr)
+    elif model_fingerprint(base) != recorded["base_model"]:
+        raise CliError(f"the base model files in {base} changed since {run_dir} was trained (their sha256 fingerprint differs from the one "
+                       f"in metrics.json): an adapter exported against them would be wrong; restore them, or {_new_run(run_dir)}")
+
+
+def model_fingerprints(run_dir: Path, base: str) -> dict[str, str]:
+    """What metrics.json records: the fingerprints of the base model files and of the dense model."""
+    return {"base_model": base, "model": model_fingerprint(run_dir / "model")}
+
+
+def recorded_fingerprints(run_dir: Path) -> dict[str, str] | None:
+    """metrics.json's fingerprints; None for a run from before they were recorded."""
+    path = run_dir / "metrics.json"
+    damaged = CliError(f"{path} is damaged (not the JSON object that lorasc writes); restore it from a copy, or {_new_run(run_dir)}")
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise damaged from None
+    if not isinstance(metrics, dict):
+        raise damaged
+    recorded = metrics.get("fingerprints")
+    if recorded is not None and not (isinstance(recorded, dict) and all(isinstance(recorded.get(key), str) for key in ("base_model", "model"))):
+        raise damaged
+    return recorded
+
+
+def _new_run(run_dir: Path) -> str:
+    return f"train again with `lorasc train --config {run_dir / 'config.yaml'} --output-dir NEW`"
 
 
 def check_export_folder(out: Path) -> None:

@@ -13,10 +13,7 @@ same weights, and 2 processes reach the weights of 1 process with 2 micro-batche
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import resource
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,14 +24,16 @@ from tqdm.auto import tqdm
 
 from ..config import LoRASCConfig
 from ..methods import METHODS, Trained
+from ..targets import task_type_of
 from .batches import batch_at, count_items, encode, summed_loss, to_device
-from .checkpoint import (Checkpoint, CheckpointError, load_checkpoint, model_fingerprint, restore_rng_states, rng_states, save_checkpoint,
-                         trainable_parameters)
-from .datasets import TaskData, load_task
-from .errors import DataError
+from .checkpoint import (Checkpoint, DamagedCheckpoint, load_checkpoint, model_fingerprint, restore_rng_states, rng_states, save_checkpoint,
+                         set_trainable_dtype, trainable_parameters)
+from .datasets import TaskData
+from .finish import finish
 from .metrics import CsvLog, evaluate
 from .models import load_model, model_path
-from .run_config import PEFT_TASK_TYPES, RunConfig
+from .preflight import training_data
+from .run_config import RunConfig
 
 PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}  # Accelerate's names
 
@@ -62,10 +61,8 @@ class Session:
     fingerprint: str
 
 
-def build(run: RunConfig, config: LoRASCConfig, accelerator: Accelerator) -> Session:
-    data = load_task(run)
-    if not data.train:
-        raise DataError("the training set is empty; check the data file and --n-train")
+def build(run: RunConfig, config: LoRASCConfig, accelerator: Accelerator, data: TaskData | None = None) -> Session:
+    data = training_data(run) if data is None else data
     model, tokenizer = load_model(run, data.labels)
     if run.gradient_checkpointing:
         model.config.use_cache = False
@@ -78,15 +75,10 @@ def build(run: RunConfig, config: LoRASCConfig, accelerator: Accelerator) -> Ses
     return Session(data, tokenizer, cascade, prepared, model_fingerprint(model_path(run)))
 
 
-def set_trainable_dtype(model: torch.nn.Module, dtype: torch.dtype) -> None:
-    for p in trainable_parameters(model).values():
-        p.data = p.data.to(dtype)
-
-
 def build_method(run: RunConfig, config: LoRASCConfig, model, tokenizer, data: TaskData, accelerator: Accelerator) -> Trained:
-    """The run's method set up on `model` (methods.py), its expert named after the run's task."""
+    """The run's method set up on `model` (methods.py), its expert named after the model's head."""
     if config.expert.task_type is None:  # for a classifier, PEFT then trains the new head in full
-        config = dataclasses.replace(config, expert=dataclasses.replace(config.expert, task_type=PEFT_TASK_TYPES[run.task]))
+        config = dataclasses.replace(config, expert=dataclasses.replace(config.expert, task_type=task_type_of(model)))
 
     def upcoming_batches():  # LoRA-GA's estimate: the global batches the new expert trains on first, the same on every rank
         steps = range(trained.steps, trained.steps + config.gradient_batches)
@@ -126,11 +118,12 @@ class Loop:
 
     def resume(self, checkpoint: Checkpoint) -> None:
         """The engine rebuilds the backbone from the pristine weights and its state; then the trained
-        weights, the optimizer, the scheduler and the RNG continue where they were."""
+        weights, the optimizer, the scheduler and the RNG continue where they were. Every part is set,
+        so that resuming from an earlier checkpoint undoes a failed resume (checkpoint.load_checkpoint)."""
         self.cascade.load_state_dict(checkpoint.state["cascade"])
         parameters = trainable_parameters(self.cascade.model)
         if {n: p.shape for n, p in parameters.items()} != {n: t.shape for n, t in checkpoint.trainable.items()}:
-            raise CheckpointError("the checkpoint's trainable weights do not match this run's model; start a new run")
+            raise DamagedCheckpoint("its trainable weights do not match this run's model")
         with torch.no_grad():
             for name, tensor in checkpoint.trainable.items():
                 parameters[name].copy_(tensor)
@@ -140,7 +133,6 @@ class Loop:
             self.accelerator.scaler.load_state_dict(checkpoint.state["scaler"])
         restore_rng_states(checkpoint.state["rng"])
         self.rows, self.elapsed, self.step_seconds = checkpoint.progress["rows"], checkpoint.progress["elapsed"], checkpoint.progress["step_seconds"]
-        self.cascade.verify_replicas()  # a collective: every rank loaded the same files (DDP broadcast before)
 
     def train(self, progress: bool) -> float:
         """Run the remaining steps; returns the wall time of the whole run, earlier sessions included."""
@@ -213,53 +205,20 @@ class Loop:
 
 
 def train(run: RunConfig, config: LoRASCConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
-          save_models: bool = True, accelerator: Accelerator | None = None) -> dict:
+          save_models: bool = True, accelerator: Accelerator | None = None, data: TaskData | None = None) -> dict:
     """Train, evaluate, export. Returns the metrics written to `metrics.json` (on the main process;
-    the others return {})."""
+    the others return {}). `data`: the run's data if the caller has loaded it already (preflight)."""
     run_dir = Path(run_dir)
     accelerator = accelerator or make_accelerator(run)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-    session = build(run, config, accelerator)
+    session = build(run, config, accelerator, data)
     loop = Loop(run, session, accelerator, run_dir)
-    checkpoint = load_checkpoint(run_dir, session.fingerprint) if resume else None
-    if checkpoint is not None:
-        loop.resume(checkpoint)
+    if resume and load_checkpoint(run_dir, session.fingerprint, loop.resume) is not None:
+        loop.cascade.verify_replicas()  # a collective: every rank loaded the same files (DDP broadcast before)
     wall_seconds = loop.train(progress)
     results = {}
     if accelerator.is_main_process:
-        results = summarize(run, config, session, run_dir, wall_seconds, loop, save_models)
+        results = finish(run, config, session, loop, run_dir, wall_seconds, save_models)
     accelerator.wait_for_everyone()
-    return results
-
-
-def summarize(run: RunConfig, config: LoRASCConfig, session: Session, run_dir: Path, wall_seconds: float, loop: Loop, save_models: bool) -> dict:
-    """Export, evaluate and write metrics.json; the run's checkpoints are then removed. The dense
-    model is exported in the run's dtype and the trained weights are cast to it before evaluating, so
-    that the metrics describe the model as exported (the stacked adapter stays float32: its factors
-    are the engine's slow state)."""
-    cascade, data, tokenizer = session.cascade, session.data, session.tokenizer
-    method, model, num_classes = METHODS[run.method], cascade.model, len(data.labels)
-    results = {
-        "method": run.method,
-        "steps": loop.total_steps,
-        "cycles": cascade.num_cycles,
-        "processes": loop.accelerator.num_processes,
-        "device": str(loop.accelerator.device),
-        "train_seconds": wall_seconds,  # the training loop's wall time, evaluations and checkpoints included
-        "seconds_per_step": loop.step_seconds / loop.total_steps,  # forward, backward, optimizer and cascade steps only
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "trainable_params": sum(p.numel() for p in trainable_parameters(model).values()),
-        **method.describe(cascade),
-    }
-    if save_models:
-        method.export(cascade, run_dir, tokenizer, run.torch_dtype)
-    set_trainable_dtype(model, run.torch_dtype)
-    for split, examples in (("train", data.train[: len(data.test)]), ("val", data.val), ("test", data.test), ("ood", data.ood)):
-        results[split] = evaluate(model, tokenizer, examples, run, num_classes)  # train: as many as the test split, so both sides cost alike
-    results["config"] = {"run": dataclasses.asdict(run), "lorasc": method.config(config).to_dict()}  # as the method ran it
-    (run_dir / "metrics.json").write_text(json.dumps(results, indent=2))
-    for folder in run_dir.glob("checkpoint-*"):  # the run is complete: its outputs replace them
-        shutil.rmtree(folder)
-    (run_dir / "LATEST").unlink(missing_ok=True)
     return results
