@@ -26,6 +26,11 @@ def test_gaussian_noise_std():
     assert noise_for(clean, 0.1, "gaussian", seed=3).std().item() == pytest.approx(0.1 * clean.std().item(), rel=0.01)
 
 
+def test_an_unknown_kind_of_noise_is_refused():
+    with pytest.raises(ValueError, match=r"^noise_kind='laplace' is not allowed: one of \('uniform', 'gaussian'\)"):
+        noise_for(big_weight(), 0.1, "laplace", seed=3)
+
+
 def test_fresh_noise_each_cycle_and_same_noise_for_same_seed():
     clean = big_weight()
     draws = [noise_for(clean, 0.15, "uniform", matrix_seed(seed, cycle, "w")) for seed, cycle in [(0, 1), (0, 2), (0, 1), (1, 1)]]

@@ -19,12 +19,23 @@ def matrix_seed(seed: int, cycle: int, name: str) -> int:
     return (seed * 1_000_003 + cycle * 10_007 + zlib.crc32(name.encode())) % (2**63 - 1)
 
 
+def uniform(shape: torch.Size, gen: torch.Generator, device: torch.device | str) -> torch.Tensor:
+    return torch.rand(shape, generator=gen, device=device) - 0.5
+
+
+def gaussian(shape: torch.Size, gen: torch.Generator, device: torch.device | str) -> torch.Tensor:
+    return torch.randn(shape, generator=gen, device=device)
+
+
+DRAWS = {"uniform": uniform, "gaussian": gaussian}  # unit-scale noise of each `noise_kind`
+NOISE_KINDS = tuple(DRAWS)
+
+
 def draw(shape: torch.Size, scale: float, kind: str, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """The noise of one matrix in float32, drawn on `device`."""
-    gen = torch.Generator(device=device).manual_seed(seed)
-    if kind == "uniform":
-        return (torch.rand(shape, generator=gen, device=device) - 0.5) * scale
-    return torch.randn(shape, generator=gen, device=device) * scale
+    if kind not in DRAWS:
+        raise ValueError(f"noise_kind={kind!r} is not allowed: one of {NOISE_KINDS}")
+    return DRAWS[kind](shape, torch.Generator(device=device).manual_seed(seed), device) * scale
 
 
 def noise_for(clean: torch.Tensor, lam: float, kind: str, seed: int) -> torch.Tensor:
