@@ -3,8 +3,9 @@
 Each task has one fixed split (train / validation / test / OOD), drawn by SPLIT_SEED; a run's seed
 varies only training (initialisation, data order, noise). Every method is a name of lorasc's
 registry (lorasc.methods.METHODS); an entry adds what the benchmark fixes on top of it: a LoRASC
-setting, an expert field, or learning rates borrowed from other entries. The rank, targets and
-expert fields are lorasc's DEFAULT_EXPERT, batch and sequence length RunConfig's defaults.
+setting, an expert field, or learning rates borrowed from other entries. The rank and expert fields
+are lorasc's DEFAULT_EXPERT, the targets the model's default (every BERT projection for MiniLM), batch
+and sequence length RunConfig's defaults.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ import dataclasses
 
 import torch
 
-from lorasc.config import DEFAULT_EXPERT
+from lorasc.targets import BERT_TARGETS
+
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 MINILM_LABELS = 3
 
@@ -47,7 +48,7 @@ def build_model(preset: Preset, dtype: torch.dtype, device: torch.device, seed: 
 
         hf_logging.disable_progress_bar()
         model = AutoModelForSequenceClassification.from_pretrained(default_model_path(), num_labels=MINILM_LABELS)
-        return model.to(device, dtype), list(DEFAULT_EXPERT["target_modules"]), "SEQ_CLS"
+        return model.to(device, dtype), list(BERT_TARGETS), "SEQ_CLS"
     with torch.device(device):
         model = LlamaForCausalLM(LlamaConfig(**preset.llama))
     return model.to(dtype), LLAMA_TARGETS, "CAUSAL_LM"

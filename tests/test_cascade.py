@@ -4,19 +4,12 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from conftest import TinyNet
+from conftest import EXPERT_KINDS, TinyNet, expert
 from lorasc import LoRASC, LoRASCConfig
 
-EXPERTS = {
-    "lora": dict(r=2, lora_alpha=4),
-    "rslora": dict(r=2, lora_alpha=4, use_rslora=True),
-    "dora": dict(r=2, lora_alpha=4, use_dora=True),
-}
 
-
-def make(kind="lora", model=None, **fields):
-    expert = LoraConfig(target_modules=["q", "v"], **EXPERTS[kind])
-    return LoRASC(model or TinyNet(), LoRASCConfig(expert=expert, **fields))
+def make(kind="lora", **fields):
+    return LoRASC(TinyNet(), LoRASCConfig(expert=expert(kind, target_modules=["q", "v"]), **fields))
 
 
 def base_weights(cascade):
@@ -40,7 +33,7 @@ def train(model, batches, optimizer, after_step=lambda: None):
         after_step()
 
 
-@pytest.mark.parametrize("kind", EXPERTS)
+@pytest.mark.parametrize("kind", EXPERT_KINDS)
 @pytest.mark.parametrize("lam", [0.0, 0.15])
 def test_slow_fast_update_is_alpha_times_the_peft_merge(kind, lam):
     alpha = 0.3
@@ -63,7 +56,7 @@ def test_slow_fast_update_is_alpha_times_the_peft_merge(kind, lam):
         assert torch.count_nonzero(layer.lora_B["default"].weight) == 0
 
 
-@pytest.mark.parametrize("kind", EXPERTS)
+@pytest.mark.parametrize("kind", EXPERT_KINDS)
 def test_model_between_cycles_equals_the_merged_backbone(kind):
     cascade = make(kind, slow_alpha=0.5, noise_lambda=0.1)
     cascade.start_cycle()
@@ -160,7 +153,7 @@ def test_lora_reduction_one_cycle_alpha_one_no_noise(tiny_batches):
     optimizer = cascade.optimizer(lr=1e-2)
     train(cascade.model, tiny_batches, optimizer, lambda: cascade.step(optimizer))
 
-    lora = get_peft_model(TinyNet(), LoraConfig(target_modules=["q", "v"], **EXPERTS["lora"]))
+    lora = get_peft_model(TinyNet(), expert(target_modules=["q", "v"]))
     with torch.no_grad():
         for name, module in lora.named_modules():
             if name in initial_a:
@@ -189,7 +182,7 @@ def test_cola_reduction_alpha_one_no_noise(tiny_batches):
 
     base = TinyNet()
     for link in range(links):
-        lora = get_peft_model(base, LoraConfig(target_modules=["q", "v"], **EXPERTS["lora"]))
+        lora = get_peft_model(base, expert(target_modules=["q", "v"]))
         with torch.no_grad():
             for name, module in lora.named_modules():
                 if name in initial_a[link]:
@@ -241,3 +234,47 @@ def test_exports_and_steps_refuse_misuse():
     cascade.start_cycle()
     with pytest.raises(RuntimeError, match="still running"):
         cascade.start_cycle()
+
+
+def one_layer_cascade(kind):
+    """W0 = [[3, 4], [0, 1]] (out × in), one rank-1 expert with scale 1, α = 0.5, no noise."""
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[3.0, 4.0], [0.0, 1.0]]))
+    return LoRASC(model, LoRASCConfig(slow_alpha=0.5, noise_lambda=0.0, expert=expert(kind, r=1, lora_alpha=1, target_modules=["0"])))
+
+
+# After one expert ΔW = B·A = [[0, 0], [1, 0]]: LoRA adds α·ΔW; DoRA (magnitude set to [5, 2]) merges to
+# m/‖W + ΔW‖_row · (W + ΔW) = [[3, 4], [√2, √2]], and α takes half of the way there from W.
+HALF_ROOT2 = 2**0.5 / 2
+KNOWN_DELTAS = {"lora": [[0.0, 0.0], [0.5, 0.0]], "rslora": [[0.0, 0.0], [0.5, 0.0]], "dora": [[0.0, 0.0], [HALF_ROOT2, HALF_ROOT2 - 0.5]]}
+
+
+@pytest.mark.parametrize("kind", EXPERT_KINDS)
+def test_each_slow_state_takes_in_a_hand_set_expert_exactly(kind):
+    from lorasc.export import stacked_factors, total_deltas
+    from lorasc.slow import NoStackedAdapter
+
+    cascade = one_layer_cascade(kind)
+    layer = cascade.layers["base_model.model.0"]
+    cascade.start_cycle()
+    if kind == "dora":  # the fresh expert's magnitude is reset to the row norms of W, so that it adds nothing
+        assert torch.equal(layer.lora_magnitude_vector["default"].weight, torch.tensor([5.0, 1.0]))
+    with torch.no_grad():
+        layer.lora_A["default"].weight.copy_(torch.tensor([[1.0, 0.0]]))
+        layer.lora_B["default"].weight.copy_(torch.tensor([[0.0], [1.0]]))
+        if kind == "dora":
+            layer.lora_magnitude_vector["default"].weight.copy_(torch.tensor([5.0, 2.0]))
+    cascade.end_cycle()
+    delta = torch.tensor(KNOWN_DELTAS[kind])
+    torch.testing.assert_close(total_deltas(cascade)["base_model.model.0"], delta)
+    torch.testing.assert_close(layer.get_base_layer().weight.detach(), torch.tensor([[3.0, 4.0], [0.0, 1.0]]) + delta)
+    if kind == "dora":
+        with pytest.raises(NoStackedAdapter, match="expert.use_dora=True has no exact stacked adapter"):
+            stacked_factors(cascade)
+        torch.testing.assert_close(layer.lora_magnitude_vector["default"].weight.detach(), layer.get_base_layer().weight.norm(dim=1))
+    else:
+        a, b = stacked_factors(cascade)["base_model.model.0"]
+        torch.testing.assert_close(b @ a, delta)
+    again = type(cascade.slow).from_state(cascade.slow.state_dict())
+    assert torch.equal(again.delta("base_model.model.0", layer, torch.tensor([[3.0, 4.0], [0.0, 1.0]])), total_deltas(cascade)["base_model.model.0"])

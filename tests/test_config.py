@@ -1,7 +1,11 @@
 import pytest
+import torch
 from peft import LoraConfig
 
+from conftest import TinyNet, tiny_llama
 from lorasc import LoRASC, LoRASCConfig
+from lorasc.schedule import check_cycle_plan
+from lorasc.targets import BERT_TARGETS, check_rank, check_targets, default_target_modules, task_type_of
 
 
 @pytest.mark.parametrize(
@@ -19,7 +23,7 @@ from lorasc import LoRASC, LoRASCConfig
         ({"optimizer_state": "forget"}, "optimizer_state"),
         ({"loraplus_lr_ratio": 0}, "loraplus_lr_ratio"),
         ({"expert": LoraConfig(r=0, target_modules=["q"])}, "expert.r"),
-        ({"expert": LoraConfig(r=4)}, "expert.target_modules"),
+        ({"expert": LoraConfig(r=4, target_modules=[])}, "expert.target_modules"),
         ({"expert": LoraConfig(r=4, target_modules=["q"], init_lora_weights="pissa")}, "expert.init_lora_weights"),
     ],
 )
@@ -44,3 +48,58 @@ def test_round_trip_through_dict():
 def test_unknown_keys_are_refused():
     with pytest.raises(ValueError, match=r"config keys=\['alpha'\]"):
         LoRASCConfig.from_dict({"alpha": 0.5})
+
+
+def test_the_default_expert_adapts_what_peft_chooses_for_the_architecture():
+    assert LoRASCConfig().expert.target_modules is None
+    cascade = LoRASC(tiny_llama(), LoRASCConfig(expert=LoraConfig(r=2)))
+    assert cascade.config.expert.target_modules == {"q_proj", "v_proj"}  # PEFT's choice for Llama
+    assert {name.rsplit(".", 1)[-1] for name in cascade.layers} == {"q_proj", "v_proj"} and len(cascade.layers) == 2 * 2
+    assert cascade.config.expert.task_type == "CAUSAL_LM"
+
+
+def test_a_bert_gets_every_projection_and_its_new_head_trains():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    bert = BertForSequenceClassification(BertConfig(vocab_size=32, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16))
+    with pytest.warns(UserWarning, match="expert.task_type=None on a BertForSequenceClassification: using 'SEQ_CLS'"):
+        cascade = LoRASC(bert, LoRASCConfig(expert=LoraConfig(r=2)))
+    assert cascade.config.expert.target_modules == set(BERT_TARGETS) == {name.rsplit(".", 1)[-1] for name in cascade.layers}
+    assert any("classifier" in name for name in cascade.head_params)
+
+
+def test_a_model_without_a_default_must_name_its_targets():
+    with pytest.raises(ValueError, match=r"^expert.target_modules=None is not allowed: PEFT has no default LoRA target modules for model type None; "
+                                         r"name the layers to adapt in expert.target_modules$"):
+        LoRASC(TinyNet(), LoRASCConfig(expert=LoraConfig(r=2)))
+
+
+def test_the_task_type_follows_the_head_class_or_a_subclass_of_it():
+    class MyLlama(type(tiny_llama())):
+        pass
+
+    assert task_type_of(tiny_llama()) == "CAUSAL_LM" and task_type_of(MyLlama(tiny_llama().config)) == "CAUSAL_LM"
+    assert task_type_of(TinyNet()) is None and task_type_of(torch.nn.Linear(2, 2)) is None
+
+
+SHAPES = {"encoder.query.weight": [8, 4]}
+# One of each library error that a CLI run can meet, and the fix its line must name there.
+LIBRARY_ERRORS = {
+    "cycles above steps": (lambda: check_cycle_plan(LoRASCConfig(num_cycles=50), 6), "lower --num-cycles, or raise --max-steps or --epochs"),
+    "too many cycles": (lambda: check_cycle_plan(LoRASCConfig(cycle_steps=1), 10**12), "raise --cycle-steps or lower --num-cycles"),
+    "targets match nothing": (lambda: check_targets(SHAPES, ["value"], 2), "pass --expert-target-modules with some of those"),
+    "expert rank too high": (lambda: check_targets(SHAPES, ["query"], 100), "pass --expert-r 4 or lower"),
+    "export rank too high": (lambda: check_rank(SHAPES, 9, "rank"), "pass --rank 4 or lower"),
+    "no default targets": (lambda: default_target_modules("no-such-model"), "name the layers to adapt in --expert-target-modules"),
+}
+
+
+@pytest.mark.parametrize("name", LIBRARY_ERRORS)
+def test_library_errors_speak_in_fields_and_the_cli_names_the_flags(name):
+    from lorasc.run.settings import in_flags
+
+    call, fix = LIBRARY_ERRORS[name]
+    with pytest.raises(ValueError, match=r"^[\w.]+=\S+ is not allowed: (?!.*--)") as caught:  # no flag: fields
+        call()
+    problem = str(caught.value).partition("; ")[0]
+    assert in_flags(str(caught.value)) == f"{problem}; {fix}"  # the problem keeps the field's name, as in config.yaml

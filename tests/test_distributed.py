@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from lorasc import LoRASC, LoRASCConfig
-from lorasc.distributed import assert_replicas_identical, is_main_process, tensor_checksum
+from lorasc.distributed import assert_replicas_identical, tensor_checksum
 
 SCRIPT = Path(__file__).with_name("ddp_script.py")
 CHILD_ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
@@ -64,7 +64,7 @@ def one_process(tmp_path_factory) -> Path:
 
 
 # ---- without torch.distributed ------------------------------------------------------------
-def test_helpers_are_no_ops_without_torch_distributed(tiny, tiny_batches):
+def test_the_replica_check_is_a_no_op_without_torch_distributed(tiny, tiny_batches):
     cascade = LoRASC(tiny, LoRASCConfig(cycle_steps=2, expert=LoraConfig(r=2, target_modules=["q", "v"])), check_replicas=True)
     cascade.begin(total_steps=4)
     optimizer = cascade.optimizer(lr=1e-2)
@@ -73,8 +73,17 @@ def test_helpers_are_no_ops_without_torch_distributed(tiny, tiny_batches):
         optimizer.step()
         optimizer.zero_grad()
         cascade.step(optimizer)
-    assert cascade.cycle == 2 and is_main_process()
+    assert cascade.cycle == 2 and not torch.distributed.is_initialized()
     assert_replicas_identical(cascade)
+
+
+def test_the_check_watches_what_the_cascade_edits_or_trains(tiny):
+    cascade = LoRASC(tiny, LoRASCConfig(expert=LoraConfig(r=2, target_modules=["q"], modules_to_save=["head"])))
+    assert list(cascade.watched_tensors()) == [
+        "base_model.model.q.base_layer.weight",  # noise and merges; its bias and v are never rewritten
+        "base_model.model.q.lora_A.default.weight", "base_model.model.q.lora_B.default.weight",
+        "base_model.model.head.modules_to_save.default.weight", "base_model.model.head.modules_to_save.default.bias",
+    ]
 
 
 def test_checksum_sees_one_bit_and_the_order_of_elements():

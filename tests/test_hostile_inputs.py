@@ -115,7 +115,7 @@ FLAGS = {
     "seed huge": (["--seed", str(2**64)], ["seed=18446744073709551616 is not allowed"]),
     "weight decay negative": (["--weight-decay", "-0.1"], ["weight_decay=-0.1 is not allowed"]),
     "warmup negative": (["--warmup-steps", "-1"], ["warmup_steps=-1 is not allowed"]),
-    "expert rank huge": (["--expert-r", "100000"], ["--expert-r 100000 is not allowed: the adapted layers have full rank at most 384", "--expert-r 384"]),
+    "expert rank huge": (["--expert-r", "100000"], ["expert.r=100000 is not allowed: the adapted layers have full rank at most 384", "pass --expert-r 384 or lower"]),
     "more cycles than steps": (["--num-cycles", "50"], ["num_cycles=50 is not allowed: at most the run's 6 optimizer steps", "lower --num-cycles"]),
     "a cycle per step for ever": (["--num-cycles", "none", "--cycle-steps", "1", "--max-steps", str(10**12)],
                                   ["cycles=1000000000000 is not allowed: at most 1,000,000", "--cycle-steps"]),

@@ -144,7 +144,7 @@ RUN_STATES = {
     "eval an empty folder": (["eval", "{empty}"], ["is not a lorasc run (no config.yaml)"]),
     "export an empty folder": (["export", "{empty}", "--rank", "2"], ["is not a lorasc run (no config.yaml)"]),
     "resume an empty folder": (["train", "--resume", "--output-dir", "{empty}"], ["holds no run to resume", "without --resume"]),
-    "export rank huge": (["export", "{run}", "--rank", "100000"], ["--rank 100000 is not allowed: the adapted layers have full rank at most 384", "--rank 384"]),
+    "export rank huge": (["export", "{run}", "--rank", "100000"], ["rank=100000 is not allowed: the adapted layers have full rank at most 384", "pass --rank 384 or lower"]),
     "export rank zero": (["export", "{run}", "--rank", "0"], ["--rank 0 is not allowed: an integer >= 1"]),
     "export rank text": (["export", "{run}", "--rank", "two"], ["argument --rank: invalid int value: 'two'", "--help"]),
     "export over the model": (["export", "{run}", "--rank", "2", "--output", "{run}/model"], ["already holds other files", "new folder"]),

@@ -120,3 +120,25 @@ def test_gradient_init_needs_batches_and_no_dora():
         LoRASC(TinyClassifier(), LoRASCConfig(expert_init="gradient", expert=LoraConfig(r=2, target_modules=TARGETS)))
     with pytest.raises(ValueError, match="expert_init='gradient' is not allowed: 'kaiming' or 'orthogonal' with a DoRA expert"):
         LoRASCConfig(expert_init="gradient", expert=LoraConfig(r=2, target_modules=TARGETS, use_dora=True))
+
+
+def test_gradient_init_uses_at_most_gradient_batches_of_the_batches(tiny_batches):
+    """Five batches offered, two used: the same expert as from a source of exactly those two, and
+    another one than from the first batch alone."""
+    drawn = []
+
+    def five_batches():
+        for x, y in tiny_batches[:5]:
+            drawn.append(x)
+            yield {"x": x, "labels": y}
+
+    def expert_from(source, gradient_batches):
+        config = LoRASCConfig(expert_init="gradient", gradient_batches=gradient_batches, expert=LoraConfig(r=2, target_modules=TARGETS))
+        cascade = LoRASC(TinyClassifier(), config, grad_batches=source)
+        cascade.start_cycle()
+        return [p.detach().clone() for p in cascade.expert_params]
+
+    offered, exact, one = expert_from(five_batches, 2), expert_from(batches_from(tiny_batches), 2), expert_from(five_batches, 1)
+    assert all(torch.equal(a, b) for a, b in zip(offered, exact))
+    assert not torch.equal(offered[1], one[1])  # B from the gradient of one batch differs
+    assert len(drawn) == 2 + 1

@@ -5,22 +5,20 @@ import io
 
 import pytest
 import torch
-from peft import LoraConfig
 from peft.utils.other import transpose
 
-from conftest import tiny_llama, token_batches, train_cascade
+from conftest import EXPERT_KINDS, expert, tiny_llama, token_batches, train_cascade
 from lorasc import LoRASC, LoRASCConfig
 
 LOW = [torch.bfloat16, torch.float16]
 TARGETS = ["q_proj", "v_proj", "down_proj"]
-EXPERTS = {"lora": {}, "rslora": {"use_rslora": True}, "dora": {"use_dora": True}}
 
 
-def make(dtype, kind="lora", model=None, **fields):
-    expert = LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, **EXPERTS[kind])
+def make(dtype, kind="lora", **fields):
     fields = {"slow_alpha": 0.5, "noise_lambda": 0.15, "cycle_steps": 3, **fields}
     batches = token_batches(2, seed=9)
-    return LoRASC(model or tiny_llama(dtype), LoRASCConfig(expert=expert, **fields), grad_batches=lambda: batches)
+    config = LoRASCConfig(expert=expert(kind, r=4, lora_alpha=8, target_modules=TARGETS), **fields)
+    return LoRASC(tiny_llama(dtype), config, grad_batches=lambda: batches)
 
 
 def weights(cascade):
@@ -67,7 +65,7 @@ class ExactReference:
 
 
 @pytest.mark.parametrize("dtype", LOW)
-@pytest.mark.parametrize("kind", EXPERTS)
+@pytest.mark.parametrize("kind", EXPERT_KINDS)
 def test_clean_weights_are_one_rounding_of_the_exact_sum_after_every_cycle(dtype, kind):
     cascade = make(dtype, kind)
     reference = ExactReference(cascade, dtype)
@@ -177,7 +175,7 @@ def test_a_checkpointed_state_rebuilds_the_same_weights_mid_cycle(kind, expert_i
 
 
 def test_experts_and_head_stay_float32_on_a_bfloat16_backbone():
-    cascade = make(torch.bfloat16, "dora", expert_init="gradient" if False else "kaiming")
+    cascade = make(torch.bfloat16, "dora")
     cascade.start_cycle()
     assert all(p.dtype == torch.float32 for p in cascade.expert_params)
     assert all(layer.get_base_layer().weight.dtype == torch.bfloat16 for layer in cascade.layers.values())

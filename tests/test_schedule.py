@@ -3,7 +3,7 @@ import warnings
 import pytest
 
 from lorasc import LoRASCConfig
-from lorasc.schedule import cycle_ends, jagged_lr_lambda
+from lorasc.schedule import MAX_CYCLES, check_cycle_plan, cycle_ends, jagged_lr_lambda
 
 
 def test_one_cycle_per_epoch_by_default():
@@ -15,11 +15,22 @@ def test_cycle_steps_and_num_cycles():
     assert cycle_ends(LoRASCConfig(num_cycles=4), total_steps=10) == [2, 5, 8, 10]
 
 
-def test_bad_plans_are_refused():
-    with pytest.raises(ValueError, match="steps_per_epoch=None"):
-        cycle_ends(LoRASCConfig(), total_steps=10)
-    with pytest.raises(ValueError, match="num_cycles=20 is not allowed"):
-        cycle_ends(LoRASCConfig(num_cycles=20), total_steps=10)
+@pytest.mark.parametrize("config, steps_per_epoch", [(LoRASCConfig(), 4), (LoRASCConfig(cycle_steps=3), None), (LoRASCConfig(num_cycles=4), None),
+                                                     (LoRASCConfig(cycle_steps=5), None), (LoRASCConfig(num_cycles=10), None)])
+def test_the_checked_plan_counts_the_cycles_that_end(config, steps_per_epoch):
+    assert check_cycle_plan(config, 10, steps_per_epoch) == len(cycle_ends(config, 10, steps_per_epoch))
+
+
+@pytest.mark.parametrize("config, total_steps, steps_per_epoch, message", [
+    (LoRASCConfig(), 10, None, r"^steps_per_epoch=None is not allowed: an integer >= 1 \(or set cycle_steps or num_cycles\)$"),
+    (LoRASCConfig(num_cycles=20), 10, None, r"^num_cycles=20 is not allowed: at most the run's 10 optimizer steps; lower num_cycles, or raise total_steps$"),
+    (LoRASCConfig(cycle_steps=1), MAX_CYCLES + 1, None, r"^cycles=1000001 is not allowed: at most 1,000,000; raise cycle_steps or lower num_cycles$"),
+    (LoRASCConfig(), 0, 4, r"^total_steps=0 is not allowed: an integer >= 1$"),
+])
+def test_bad_plans_are_refused_in_fields_before_any_list_is_built(config, total_steps, steps_per_epoch, message):
+    for check in (check_cycle_plan, cycle_ends):
+        with pytest.raises(ValueError, match=message):
+            check(config, total_steps, steps_per_epoch)
 
 
 def test_single_cycle_with_alpha_below_one_warns():

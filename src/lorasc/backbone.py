@@ -15,16 +15,11 @@ on a GPU), i.e. at most the model's size.
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import torch
 from peft.tuners.lora import Linear as LoraLinear
 
 from .noise import matrix_seed, noise_for
-
-
-class SlowState(Protocol):
-    def clean(self, name: str, layer: LoraLinear, pristine: torch.Tensor) -> torch.Tensor: ...
+from .slow import SlowState
 
 
 def host_copy(weight: torch.Tensor) -> torch.Tensor:

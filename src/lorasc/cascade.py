@@ -34,7 +34,6 @@ from peft import PeftModel, get_peft_model
 from peft.optimizers import create_loraplus_optimizer
 from peft.tuners.lora import Linear as LoraLinear
 from peft.tuners.lora import LoraLayer
-from peft.utils.other import transpose
 from torch.optim import Optimizer
 
 from .backbone import Backbone
@@ -44,24 +43,25 @@ from .init import INIT_STRATEGIES, BatchSource
 from .noise import matrix_seed
 from .optimizer_state import carry_state
 from .schedule import cycle_ends, jagged_scheduler
-from .slow import KeepHead, SlowHead, slow_state_for
+from .slow import FinishedExpert, KeepHead, SlowHead, slow_state_for
+from .targets import default_target_modules, task_type_of
 
 
-# transformers heads and the PEFT task type that trains their new head in full (modules_to_save) and
-# names the exported adapter's task, so that AutoPeftModelFor* loads it
-TASK_TYPES = {"ForSequenceClassification": "SEQ_CLS", "ForTokenClassification": "TOKEN_CLS", "ForQuestionAnswering": "QUESTION_ANS", "ForCausalLM": "CAUSAL_LM"}
-
-
-def with_task_type(config: LoRASCConfig, model: torch.nn.Module) -> LoRASCConfig:
-    """The config with the expert's task type inferred from a transformers model, when it has none:
-    without it PEFT freezes a classifier's new head, which then never learns."""
-    kind = type(model).__name__
-    task = next((t for suffix, t in TASK_TYPES.items() if kind.endswith(suffix)), None)
-    if config.expert.task_type is not None or task is None:
-        return config
-    if task != "CAUSAL_LM":
-        warnings.warn(f"expert.task_type=None on a {kind}: using {task!r}, so that PEFT trains its new head; pass task_type to choose", stacklevel=3)
-    return dataclasses.replace(config, expert=dataclasses.replace(config.expert, task_type=task))
+def with_model_defaults(config: LoRASCConfig, model: torch.nn.Module) -> LoRASCConfig:
+    """The config with the expert's fields left None taken from the model: the target modules of its
+    architecture, and the task type of its head (without one, PEFT freezes a classifier's new head,
+    which then never learns)."""
+    expert = config.expert
+    if expert.target_modules is None:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)  # None: not a transformers model
+        expert = dataclasses.replace(expert, target_modules=default_target_modules(model_type))
+    task = task_type_of(model)
+    if expert.task_type is None and task is not None:
+        if task != "CAUSAL_LM":
+            warnings.warn(f"expert.task_type=None on a {type(model).__name__}: using {task!r}, so that PEFT trains its new head; "
+                          "pass task_type to choose", stacklevel=3)
+        expert = dataclasses.replace(expert, task_type=task)
+    return dataclasses.replace(config, expert=expert)
 
 
 def wrap_model(model: torch.nn.Module, config: LoRASCConfig, adapter: str) -> PeftModel:
@@ -91,8 +91,8 @@ class LoRASC:
     ):
         """`grad_batches()` returns the batches (dicts for `model(**batch)`) that `expert_init="gradient"`
         estimates each cycle's gradient on; `check_replicas` verifies DDP replicas after every merge."""
-        self.init = INIT_STRATEGIES[config.expert_init](grad_batches)
-        config = config if isinstance(model, PeftModel) else with_task_type(config, model)
+        self.init = INIT_STRATEGIES[config.expert_init](grad_batches, config.gradient_batches)
+        config = config if isinstance(model, PeftModel) else with_model_defaults(config, model)
         self.config, self.adapter, self.check_replicas = config, adapter, check_replicas
         self.model = wrap_model(model, config, adapter)
         self.layers = {
@@ -108,7 +108,7 @@ class LoRASC:
         expert_ids = {id(p) for p in self.expert_params}
         self.head_params = {n: p for n, p in self.model.named_parameters() if p.requires_grad and id(p) not in expert_ids}
         self.backbone = Backbone(*self._backbone_targets(), config.noise_lambda, config.noise_kind, config.seed)
-        self.slow = slow_state_for(config.expert.use_dora)()
+        self.slow = slow_state_for(config.expert)()
         self.head = SlowHead(config.slow_alpha) if config.slow_head else KeepHead()
         self.cycle = 0  # index of the current (or last finished) cycle, 1-based
         self.steps = 0  # optimizer steps taken
@@ -128,7 +128,7 @@ class LoRASC:
         offsets = self.init.offsets(self.layers, self.adapter)
         if offsets:  # the init compensated its initial product in the weights: redo it exactly
             self.backbone.write(self.slow, self.cycle, offsets)
-        self._reset_dora_magnitudes()
+        self.slow.reset_expert(self.layers, self.adapter)
         if optimizer is not None:
             carry_state(optimizer, self.expert_params, self.config.optimizer_state, self.config.prune_ratio)
         self.head.begin(self.head_params)
@@ -140,7 +140,7 @@ class LoRASC:
         zero expert. Atomic: if it fails, the weights and the cascade's state are as before the call."""
         if not self.in_cycle:
             raise RuntimeError("no cycle is running; call start_cycle() first")
-        slow = self.slow.merged(self.layers, self.adapter, self.config.slow_alpha, self._expert_factors, self._clean_weight)
+        slow = self.slow.merged(self._finished_expert(), self.config.slow_alpha)
         head = self.head.merged(self.head_params)
         try:
             self.backbone.write(slow)
@@ -160,6 +160,12 @@ class LoRASC:
         torch.distributed: call it on every rank at the same point (every rank ends its cycles together)."""
         if self.check_replicas:
             assert_replicas_identical(self)
+
+    def watched_tensors(self) -> dict[str, torch.Tensor]:
+        """What the cascade edits in place or trains: the adapted backbone weights, the noise targets,
+        the expert and the head, in the model's own (rank-independent) parameter order."""
+        watched = {id(p) for p in [*self.backbone.params.values(), *self.expert_params, *self.head_params.values()]}
+        return {name: p for name, p in self.model.named_parameters() if id(p) in watched}
 
     # ---- step-driven use (plain loop and Trainer callback) --------------------------------
     def begin(self, total_steps: int, steps_per_epoch: int | None = None) -> list[int]:
@@ -231,10 +237,9 @@ class LoRASC:
 
     # ---- internals ------------------------------------------------------------------------
     def _expert_tensors(self, layer: LoraLinear) -> list[torch.nn.Parameter]:
-        tensors = [layer.lora_A[self.adapter].weight, layer.lora_B[self.adapter].weight]
-        if layer.use_dora.get(self.adapter, False):
-            tensors.append(layer.lora_magnitude_vector[self.adapter].weight)
-        return tensors
+        """The adapter's tensors as PEFT lists them: A, B and a variant's own (e.g. DoRA's magnitude)."""
+        modules = [getattr(layer, name) for name in layer.adapter_layer_names]
+        return [p for m in modules if self.adapter in m for p in m[self.adapter].parameters()]
 
     def _backbone_targets(self) -> tuple[dict[str, torch.nn.Parameter], dict[str, LoraLinear], dict[str, str]]:
         """The matrices the cascade rewrites: the adapted ones, plus (noise_targets='all') every other
@@ -258,11 +263,9 @@ class LoRASC:
         else:
             self.backbone.write(self.slow)
 
-    def _clean_weight(self, layer_name: str) -> torch.Tensor:
-        return self.backbone.clean32(self.backbone.param_of[layer_name], self.slow)
-
-    def _expert_factors(self, name: str, layer: LoraLinear) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.init.factors(name, layer, self.adapter)
+    def _finished_expert(self) -> FinishedExpert:
+        return FinishedExpert(self.layers, self.adapter, factors=lambda name: self.init.factors(name, self.layers[name], self.adapter),
+                              clean=lambda name: self.backbone.clean32(self.backbone.param_of[name], self.slow))
 
     def _seeded(self, seed: int):
         """Fork the CPU RNG and the RNG of every GPU the expert lives on, then seed them all."""
@@ -275,13 +278,4 @@ class LoRASC:
     def _zero_experts(self) -> None:
         for layer in self.layers.values():
             layer.lora_B[self.adapter].weight.zero_()
-        self._reset_dora_magnitudes()
-
-    def _reset_dora_magnitudes(self) -> None:
-        """DoRA's magnitude starts as the column norm of the current W (B = 0), updated in place so
-        the optimizer keeps pointing at the same Parameter."""
-        for layer in self.layers.values():
-            if layer.use_dora.get(self.adapter, False):
-                weight = layer.get_base_layer().weight.float()
-                dora = layer.lora_magnitude_vector[self.adapter]
-                dora.weight.copy_(dora.get_weight_norm(weight, torch.zeros_like(transpose(weight, layer.fan_in_fan_out)), scaling=1))
+        self.slow.reset_expert(self.layers, self.adapter)

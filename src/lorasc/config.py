@@ -9,9 +9,7 @@ from typing import Any
 from peft import LoraConfig
 
 from .init import INIT_STRATEGIES
-from .targets import BERT_TARGETS
-
-NOISE_KINDS = ("uniform", "gaussian")
+from .noise import NOISE_KINDS
 NOISE_TARGETS = ("adapted", "all")
 OPTIMIZER_STATE_MODES = ("reset", "keep", "prune")
 EXPERT_INITS = tuple(INIT_STRATEGIES)
@@ -19,10 +17,11 @@ EXPERT_INITS = tuple(INIT_STRATEGIES)
 # (PiSSA, OLoRA, LoftQ, EVA, LoRA-GA, CorDA) rewrite the base weight when applied, so re-running
 # them every cycle is not a fresh expert on the same backbone.
 RESETTABLE_INITS = (True, "gaussian")
-# The LoraConfig fields a LoRASC expert exposes (and writes back into a resolved config).
-EXPERT_FIELDS = ("r", "lora_alpha", "target_modules", "lora_dropout", "use_dora", "use_rslora", "init_lora_weights", "modules_to_save", "task_type")
-# MiniLM/BERT attention and MLP projections; other architectures name theirs (see README).
-DEFAULT_EXPERT = {"r": 8, "lora_alpha": 16, "target_modules": BERT_TARGETS}
+# The LoraConfig fields a LoRASC expert exposes (and writes back into a resolved config), with the type a settings file gives each.
+EXPERT_FIELDS = {"r": "int", "lora_alpha": "float", "target_modules": "list", "lora_dropout": "float", "use_dora": "bool", "use_rslora": "bool",
+                 "init_lora_weights": "bool | str", "modules_to_save": "list | None", "task_type": "str | None"}
+# target_modules and task_type stay None: LoRASC takes the model's (targets.py) when it wraps it.
+DEFAULT_EXPERT = {"r": 8, "lora_alpha": 16}
 
 
 def require(ok: bool, name: str, value: Any, allowed: str) -> None:
@@ -83,7 +82,8 @@ class LoRASCConfig:
         require(isinstance(self.expert, LoraConfig), "expert", type(self.expert).__name__, "a peft.LoraConfig")
         require(isinstance(self.expert.r, int) and self.expert.r >= 1, "expert.r", self.expert.r, "an integer >= 1")
         require(self.expert.lora_alpha > 0, "expert.lora_alpha", self.expert.lora_alpha, "a number > 0")
-        require(bool(self.expert.target_modules), "expert.target_modules", self.expert.target_modules, "a non-empty list of module names")
+        require(self.expert.target_modules is None or bool(self.expert.target_modules), "expert.target_modules", self.expert.target_modules,
+                "a non-empty list of module names, or None for the architecture's default")
         require(
             any(self.expert.init_lora_weights is init or self.expert.init_lora_weights == init for init in RESETTABLE_INITS),
             "expert.init_lora_weights",

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
+from peft.utils.other import transpose
 from safetensors.torch import save_file
 
 from .cascade import LoRASC
@@ -38,28 +39,18 @@ def export_dense(cascade: LoRASC, out_dir: str | Path, tokenizer=None, dtype: to
 
 
 def stacked_factors(cascade: LoRASC) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """A_cat = [c·A_1; …; c·A_T], B_cat = [c·B_1 … c·B_T] per layer, so B_cat·A_cat = Σ_t α·s·B_t·A_t."""
-    if cascade.config.expert.use_dora:
-        raise ValueError("expert.use_dora=True has no exact stacked adapter: a DoRA merge is full-rank; export the dense model or a compressed adapter")
-    history = cascade.slow.history
-    if not history:
-        raise RuntimeError("no cycle has finished yet: nothing to export")
-    return {
-        name: (torch.cat([h[name][0] for h in history], 0), torch.cat([h[name][1] for h in history], 1))
-        for name in cascade.layers
-    }
+    """A_cat = [c·A_1; …; c·A_T], B_cat = [c·B_1 … c·B_T] per layer, so B_cat·A_cat = Σ_t α·s·B_t·A_t;
+    slow.NoStackedAdapter (a ValueError) for an expert whose merge is not low-rank (DoRA)."""
+    return cascade.slow.stacked_factors()
 
 
 def total_deltas(cascade: LoRASC) -> dict[str, torch.Tensor]:
     """W − W0 per adapted layer in float32, in LoRA orientation (out × in): the exact slow state S."""
     _require_finished(cascade)
-    if not cascade.config.expert.use_dora:
-        return {name: b @ a for name, (a, b) in stacked_factors(cascade).items()}
     deltas = {}
     for name, layer in cascade.layers.items():
-        param = cascade.backbone.param_of[name]
-        delta = (cascade.backbone.clean32(param, cascade.slow) - cascade.backbone.pristine32(param)).cpu()
-        deltas[name] = delta.T if layer.fan_in_fan_out else delta
+        w0 = cascade.backbone.pristine32(cascade.backbone.param_of[name])
+        deltas[name] = transpose(cascade.slow.delta(name, layer, w0).cpu(), layer.fan_in_fan_out)
     return deltas
 
 

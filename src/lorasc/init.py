@@ -4,9 +4,10 @@
 - orthogonal: the same draw, with A's rows projected off the row spaces of the earlier experts'
   trained A (norms kept), while the input dimension leaves room, so every cycle adds new directions.
 - gradient: LoRA-GA through PEFT's `lora_ga_init`: A and B from the SVD of the loss gradient of the
-  (noisy) backbone weight over a few batches. The initial product s·B0·A0 is compensated in the
-  weight (an `offset` the backbone adds while the cycle runs), so the model's outputs at the start
-  of the cycle are unchanged, and the merged change is s·(B·A − B0·A0) = s·[B, −B0]·[A; A0].
+  (noisy) backbone weight over the first `gradient_batches` batches that `grad_batches()` yields.
+  The initial product s·B0·A0 is compensated in the weight (an `offset` the backbone adds while the
+  cycle runs), so the model's outputs at the start of the cycle are unchanged, and the merged
+  change is s·(B·A − B0·A0) = s·[B, −B0]·[A; A0].
 
 Every strategy offers: `start` (after PEFT's reset, under the cycle's seed), `offsets` (float32
 additions to the weights during the cycle), `factors` (the (A, B) whose s·B·A is the expert's
@@ -15,6 +16,7 @@ change), `end` (after the merge), and a state for checkpoints.
 
 from __future__ import annotations
 
+import itertools
 from typing import Callable, Iterable
 
 import torch
@@ -31,8 +33,11 @@ def expert_weights(layer: LoraLinear, adapter: str) -> tuple[torch.Tensor, torch
 
 
 class KaimingInit:
-    def __init__(self, batches: BatchSource | None = None):
-        self.batches = batches
+    """Every strategy is built from the same two arguments: a source of training batches and how many
+    of them it may use (`LoRASCConfig.gradient_batches`); only LoRA-GA reads batches."""
+
+    def __init__(self, batches: BatchSource | None = None, max_batches: int = 1):
+        self.batches, self.max_batches = batches, max_batches
 
     def start(self, model: torch.nn.Module, layers: Layers, adapter: str, init_lora_weights) -> None:
         for name in sorted(layers):
@@ -57,8 +62,8 @@ class KaimingInit:
 class OrthogonalInit(KaimingInit):
     """Keeps, per layer, an orthonormal basis (in_features × k) of the earlier experts' A row spaces."""
 
-    def __init__(self, batches: BatchSource | None = None):
-        super().__init__(batches)
+    def __init__(self, batches: BatchSource | None = None, max_batches: int = 1):
+        super().__init__(batches, max_batches)
         self.bases: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
@@ -91,15 +96,15 @@ class OrthogonalInit(KaimingInit):
 class GradientInit(KaimingInit):
     """LoRA-GA; remembers the initial (A0, B0) of the running cycle."""
 
-    def __init__(self, batches: BatchSource | None = None):
+    def __init__(self, batches: BatchSource | None = None, max_batches: int = 1):
         if batches is None:
             raise ValueError("expert_init='gradient' is not allowed without grad_batches: pass a function returning a few training batches")
-        super().__init__(batches)
+        super().__init__(batches, max_batches)
         self.initial: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def start(self, model: torch.nn.Module, layers: Layers, adapter: str, init_lora_weights) -> None:
         super().start(model, layers, adapter, init_lora_weights)
-        grads = weight_gradients(model, layers, self.batches())
+        grads = weight_gradients(model, layers, itertools.islice(self.batches(), self.max_batches))
         with torch.no_grad():
             for name, layer in layers.items():
                 expert = [layer.lora_A[adapter].weight, layer.lora_B[adapter].weight]

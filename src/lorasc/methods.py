@@ -21,6 +21,7 @@ these and nothing else, so it has no per-method branch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from .full import FullFineTune
 from .init import BatchSource
 from .noise import perturb_once
 from .schedule import check_cycle_plan
+from .slow import NoStackedAdapter
 from .targets import check_targets
 
 Trained = LoRASC | FullFineTune  # what `build` returns and the loop drives
@@ -59,7 +61,7 @@ class Method:
         """The experts' targets and rank fit the model's layers (`shapes`: weight name -> shape, as in the
         model's files), and the cycles fit the run."""
         check_targets(shapes, base.expert.target_modules, base.expert.r)
-        check_cycle_plan(self.config(base), steps_per_epoch, total_steps)
+        check_cycle_plan(self.config(base), total_steps, steps_per_epoch)
 
     def build(self, model: torch.nn.Module, base: LoRASCConfig, grad_batches: BatchSource | None = None,
               check_replicas: bool = False) -> LoRASC:
@@ -69,8 +71,8 @@ class Method:
 
     def export(self, trained: LoRASC, out_dir: Path, tokenizer=None, dtype: torch.dtype | None = None) -> None:
         """The dense model in out_dir/model (in `dtype`), and the exact stacked adapter in out_dir/adapter
-        (float32 factors; not for DoRA, whose merge is full-rank)."""
-        if not trained.config.expert.use_dora:
+        (float32 factors) where one exists (not for DoRA, whose merge is full-rank)."""
+        with contextlib.suppress(NoStackedAdapter):
             export_stacked(trained, out_dir / "adapter")
         export_dense(trained, out_dir / "model", tokenizer, dtype)
 

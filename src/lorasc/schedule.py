@@ -13,27 +13,30 @@ from .config import LoRASCConfig, require
 MAX_CYCLES = 1_000_000  # a plan beyond this is a typo, and its list of cycle ends alone could fill the memory
 
 
-def check_cycle_plan(config: LoRASCConfig, steps_per_epoch: int, total_steps: int) -> None:
-    """Refuses, before any model is loaded, a cycle plan the run cannot hold, with the flag to change."""
-    require(config.num_cycles is None or config.num_cycles <= total_steps, "num_cycles", config.num_cycles,
-            f"at most the run's {total_steps} optimizer steps; lower --num-cycles, or raise --max-steps or --epochs")
-    cycles = config.num_cycles or math.ceil(total_steps / (config.cycle_steps or steps_per_epoch))
-    require(cycles <= MAX_CYCLES, "cycles", cycles, f"at most {MAX_CYCLES:,}; pass a larger --cycle-steps or a smaller --num-cycles")
+def check_cycle_plan(config: LoRASCConfig, total_steps: int, steps_per_epoch: int | None = None) -> int:
+    """The number of cycles of a run of `total_steps` optimizer steps; refuses, before any model is
+    loaded (and before a list of cycle ends is allocated), a plan the run cannot hold."""
+    require(total_steps >= 1, "total_steps", total_steps, "an integer >= 1")
+    if config.num_cycles is not None:
+        require(config.num_cycles <= total_steps, "num_cycles", config.num_cycles,
+                f"at most the run's {total_steps} optimizer steps; lower num_cycles, or raise total_steps")
+        cycles = config.num_cycles
+    else:
+        length = config.cycle_steps or steps_per_epoch
+        require(length is not None and length >= 1, "steps_per_epoch", steps_per_epoch, "an integer >= 1 (or set cycle_steps or num_cycles)")
+        cycles = math.ceil(total_steps / length)
+    require(cycles <= MAX_CYCLES, "cycles", cycles, f"at most {MAX_CYCLES:,}; raise cycle_steps or lower num_cycles")
+    return cycles
 
 
 def cycle_ends(config: LoRASCConfig, total_steps: int, steps_per_epoch: int | None = None) -> list[int]:
     """Optimizer-step counts after which each cycle ends; the last one is `total_steps`."""
-    if total_steps < 1:
-        raise ValueError(f"total_steps={total_steps} is not allowed: an integer >= 1")
+    cycles = check_cycle_plan(config, total_steps, steps_per_epoch)
     if config.num_cycles is not None:
-        if config.num_cycles > total_steps:
-            raise ValueError(f"num_cycles={config.num_cycles} is not allowed: at most total_steps={total_steps}")
-        ends = [round(total_steps * t / config.num_cycles) for t in range(1, config.num_cycles + 1)]
+        ends = [round(total_steps * t / cycles) for t in range(1, cycles + 1)]
     else:
         length = config.cycle_steps or steps_per_epoch
-        if length is None or length < 1:
-            raise ValueError(f"steps_per_epoch={steps_per_epoch} is not allowed: an integer >= 1 (or set cycle_steps / num_cycles)")
-        ends = list(range(length, total_steps, length)) + [total_steps]
+        ends = [min(t * length, total_steps) for t in range(1, cycles + 1)]
     if len(ends) == 1 and config.slow_alpha < 1:
         warnings.warn(
             f"LoRASC with a single cycle is plain LoRA scaled by slow_alpha={config.slow_alpha}; "

@@ -12,8 +12,7 @@ from ..config import require
 from ..methods import METHODS
 from .datasets import DATASETS
 
-PEFT_TASK_TYPES = {"classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}  # a run's task -> the expert's PEFT task type
-TASKS = tuple(PEFT_TASK_TYPES)
+TASKS = ("classification", "causal-lm")  # the expert's PEFT task type follows the model's head (targets.task_type_of)
 RUN_METHODS = tuple(METHODS)  # methods.py: the engine's presets, and full fine-tuning as the upper reference
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -11,11 +11,12 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 
 import yaml
 
-from ..config import DEFAULT_EXPERT, EXPERT_INITS, NOISE_KINDS, NOISE_TARGETS, OPTIMIZER_STATE_MODES, LoRASCConfig, require
+from ..config import DEFAULT_EXPERT, EXPERT_FIELDS, EXPERT_INITS, NOISE_KINDS, NOISE_TARGETS, OPTIMIZER_STATE_MODES, LoRASCConfig, require
 from .datasets import DATASETS
 from .errors import CliError
 from .models import default_targets, model_path
@@ -32,16 +33,14 @@ CHOICES = {"method": RUN_METHODS, "task": TASKS, "dataset": DATASETS, "device": 
 RUN_FIELDS = {f.name: CHOICES.get(f.name, f.type) for f in dataclasses.fields(RunConfig)}
 # The seed has one home, the run's: the cascade takes run.seed (see resolve).
 LORASC_FIELDS = {f.name: CHOICES.get(f.name, f.type) for f in dataclasses.fields(LoRASCConfig) if f.name not in ("expert", "seed")}
-EXPERT_FLAGS = {"r": "int", "lora_alpha": "float", "target_modules": "list", "lora_dropout": "float", "use_dora": "bool", "use_rslora": "bool",
-                "init_lora_weights": "bool | str"}
-EXPERT_FIELDS = {**EXPERT_FLAGS, "modules_to_save": "list | None", "task_type": "str | None"}
+EXPERT_FLAGS = {name: kind for name, kind in EXPERT_FIELDS.items() if name not in ("modules_to_save", "task_type")}  # those follow the task
 RUN_FLAGS = {name: kind for name, kind in RUN_FIELDS.items() if name not in ("method", "task", "model")}  # those have their own flags
 
 
 def resolve(args: argparse.Namespace) -> tuple[RunConfig, LoRASCConfig]:
     """Defaults < config file < flags, typed by the dataclass fields and validated by the dataclasses."""
     run_values, lorasc_values = {}, dict(DEFAULT_LORASC)
-    expert_values = {k: v for k, v in DEFAULT_EXPERT.items() if k != "target_modules"}  # those follow the model
+    expert_values = dict(DEFAULT_EXPERT)
     if args.config is not None:
         loaded = read_config(args.config)
         run_values.update(loaded["run"])
@@ -171,6 +170,22 @@ _KIND_NAMES = {_as_int: "an integer", _as_float: "a finite number", _as_bool: "t
 def write_config(run_dir: Path, run: RunConfig, config: LoRASCConfig) -> None:
     lorasc = {name: value for name, value in config.to_dict().items() if name != "seed"}  # run.seed is the one seed
     (run_dir / "config.yaml").write_text(yaml.safe_dump({"run": dataclasses.asdict(run), "lorasc": lorasc}, sort_keys=False))
+
+
+# The library names fields; in the fix of its errors (after the last "; ") the CLI names the flags.
+FIX_FLAGS = {**{name: "--" + name.replace("_", "-") for name in LORASC_FIELDS},
+             **{f"expert.{name}": "--expert-" + name.replace("_", "-") for name in EXPERT_FLAGS},
+             "total_steps": "--max-steps or --epochs", "rank": "--rank"}  # rank: `lorasc export --rank`
+_FIX_NAME = re.compile(r"(?<![\w.-])(" + "|".join(sorted(map(re.escape, FIX_FLAGS), key=len, reverse=True)) + r")(?![\w])(?:=([^\s,;)]+))?")
+
+
+def in_flags(message: str) -> str:
+    """A setting's error (`field=value is not allowed: what is; fix`) with the flags named in its fix:
+    'lower num_cycles' becomes 'lower --num-cycles', 'pass expert.r=8' becomes 'pass --expert-r 8'."""
+    problem, separator, fix = message.rpartition("; ")
+    if " is not allowed: " not in problem:
+        return message
+    return problem + separator + _FIX_NAME.sub(lambda m: " ".join(filter(None, (FIX_FLAGS[m[1]], m[2]))), fix)
 
 
 def resume_conflict(args: argparse.Namespace, config_file: Path) -> str | None:
