@@ -45,8 +45,8 @@ def targeted_shapes(shapes: dict[str, list[int]], targets) -> dict[str, list[int
 
 def check_targets(shapes: dict[str, list[int]], targets, rank: int) -> None:
     """Refuses LoRA targets that match no layer of the model, and a rank above every targeted layer's."""
-    if not shapes or targets is None:
-        return  # a .bin model, or the architecture's default targets: the engine checks them when it wraps the model
+    if targets is None:
+        return  # the architecture's default targets: the engine checks them when it wraps the model
     targeted = targeted_shapes(shapes, targets)
     if not targeted:
         examples = sorted({name.removesuffix(".weight").rsplit(".", 1)[-1] for name in shapes if name.endswith(".weight")})[:8]

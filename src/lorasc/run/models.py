@@ -25,21 +25,30 @@ def load_model(run: RunConfig, labels: tuple[str, ...]):
     tokenizer = load_tokenizer(path)
     torch.manual_seed(run.seed)  # the new head's initialisation
     if run.task == "causal-lm":
-        return AutoModelForCausalLM.from_pretrained(path, dtype=run.torch_dtype), tokenizer
+        return from_pretrained(AutoModelForCausalLM, path, dtype=run.torch_dtype), tokenizer
     check_head(path, labels)
     note_relabelled_head(path, labels)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)}, dtype=run.torch_dtype
-    )
+    model = from_pretrained(AutoModelForSequenceClassification, path, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                            label2id={l: i for i, l in enumerate(labels)}, dtype=run.torch_dtype)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
 
+def from_pretrained(auto_class, path: str, **settings):
+    """A model from a checked folder: from safetensors only (never a pickle), and weights that do not fit its config.json refused in one line."""
+    try:
+        return auto_class.from_pretrained(path, use_safetensors=True, **settings)
+    except RuntimeError as err:
+        if "ignore_mismatched_sizes" not in str(err):  # transformers' "size mismatch" report
+            raise
+        raise ModelError(f"{path} has weights whose shapes do not fit its config.json; copy the model folder again") from None
+
+
 def load_tokenizer(path: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, TypeError) as err:
+    except (OSError, ValueError, TypeError, AttributeError, RecursionError) as err:  # tokenizer_config.json fields of the wrong type or depth
         raise ModelError(f"{path} has no tokenizer that loads ({' '.join(str(err).split())[:200]}); save it there with tokenizer.save_pretrained") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
