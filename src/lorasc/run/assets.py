@@ -52,13 +52,18 @@ def write_smollm2(folder: Path) -> None:
     if spec is None or importlib.util.find_spec("gguf") is None:
         raise ModelError(f"the model smollm2-135m is missing: {SMOLLM2_INSTALL}")
     source = spec.submodule_search_locations[0]
+    tmp = folder.with_name(f"{folder.name}.tmp-{socket.gethostname()}-{os.getpid()}")  # one per process: ranks start together
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)  # before the 20 s of dequantizing: a cache that cannot be written is said at once
+    except OSError as err:
+        raise ModelError(f"cannot write the model cache {cache_dir()} ({err.strerror}); set LORASC_CACHE to a writable folder "
+                         "(smollm2-135m takes about 540 MB there)") from None
     loaded = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF, dtype="float32")
     config = loaded.config
     del config.quantization_config  # save_pretrained refuses a model that still says it is quantized
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(loaded.state_dict())
-    tmp = folder.with_name(f"{folder.name}.tmp-{socket.gethostname()}-{os.getpid()}")  # one per process: ranks start together
-    shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF).save_pretrained(tmp)
     publish(tmp, folder)

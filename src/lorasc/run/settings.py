@@ -18,7 +18,7 @@ import yaml
 
 from ..config import DEFAULT_EXPERT, EXPERT_FIELDS, EXPERT_INITS, NOISE_KINDS, NOISE_TARGETS, OPTIMIZER_STATE_MODES, LoRASCConfig, require
 from .datasets import DATASETS
-from .errors import CliError
+from .errors import CliError, refuse_special_file
 from .models import default_targets, model_path
 from .run_config import DEVICES, DTYPES, RUN_METHODS, TASKS, RunConfig
 
@@ -58,14 +58,27 @@ def resolve(args: argparse.Namespace) -> tuple[RunConfig, LoRASCConfig]:
     return run, LoRASCConfig.from_dict({**lorasc_values, "seed": run.seed, "expert": expert_values})
 
 
+CONFIG_SIZE_LIMIT = 1 << 20  # far above any settings file; a data file passed by mistake would take minutes to parse as YAML
+
+
 def read_config(path: Path) -> dict:
     """A config file's 'run' and 'lorasc' sections (each possibly empty), typed."""
+    refuse_special_file(path, CliError, "pass an existing .yaml or .json file (RUN/config.yaml works)")
     if not path.is_file():
         raise CliError(f"config file not found: {path}; pass an existing .yaml or .json file (RUN/config.yaml works)")
+    if path.stat().st_size > CONFIG_SIZE_LIMIT:
+        raise CliError(f"{path} is {path.stat().st_size:,} bytes, too large for a settings file (RUN/config.yaml is about 1 KB); "
+                       "pass the .yaml or .json file with the sections 'run' and 'lorasc'")
     kind = "JSON" if path.suffix == ".json" else "YAML"
     try:
         text = path.read_text(encoding="utf-8-sig")
-        loaded = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
+        loaded = json.loads(text) if kind == "JSON" else yaml.load(text, Loader=SettingsLoader)
+    except AliasRefused as err:
+        raise CliError(f"{path}:{err.problem_mark.line + 1} uses the YAML alias {err.problem}; lorasc expands no aliases (a few bytes of them "
+                       "can expand to gigabytes): write the value out") from None
+    except RecursionError:
+        raise CliError(f"{path} nests too deeply to read; write it like RUN/config.yaml of any run: the sections 'run' and 'lorasc', "
+                       "one value a setting") from None
     except (UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as err:
         raise CliError(f"{path} is not valid {kind} text ({' '.join(str(err).split())[:160]}); fix it or write it again") from None
     if not isinstance(loaded, dict) or not loaded or set(loaded) - {"run", "lorasc"}:
@@ -87,6 +100,20 @@ def one_seed(run: dict, lorasc: dict) -> tuple[dict, dict]:
     seed = lorasc.pop("seed")
     require(run.get("seed", seed) == seed, "lorasc.seed", seed, f"absent, or run.seed={run.get('seed')!r}: a run has one seed, run.seed")
     return {"seed": seed, **run}, lorasc
+
+
+class AliasRefused(yaml.composer.ComposerError):
+    """An alias in a settings file; its `problem` is the alias."""
+
+
+class SettingsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases: 349 bytes of nested aliases expand to gigabytes (a "billion laughs")."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            alias = self.peek_event()
+            raise AliasRefused(problem=f"*{alias.anchor}", problem_mark=alias.start_mark)
+        return super().compose_node(parent, index)
 
 
 def section(loaded: dict, name: str) -> dict:
