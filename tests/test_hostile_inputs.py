@@ -37,6 +37,13 @@ DATA_FILES = {
     "jsonl nested label": (("data.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": {"y": 1}}\n'), ["has a dict in 'label'"]),
     "jsonl broken line": (("data.jsonl", '{"text": "a", "label": "x"}\n{"text": \n'), ["data.jsonl:2 is not valid JSON"]),
     "json not a list": (("data.json", '[{"text": "a", "label": "x"}, 3]'), ["data.json item 2 is int"]),
+    "jsonl duplicate key": (("data.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": "x", "label": "y"}\n'),
+                            ["data.jsonl:2 has the key 'label' twice in one object", "keep one"]),
+    "json duplicate key": (("data.json", '[{"text": "a", "text": "b", "label": "x"}]'), ["data.json has the key 'text' twice", "keep one"]),
+    "jsonl nested deep": (("data.jsonl", '{"text": "a", "label": "x"}\n' + "[" * 10**5 + "]" * 10**5), ["data.jsonl:2 nests", "write flat objects"]),
+    "json nested deep": (("data.json", "[" * 10**5 + "]" * 10**5), ["data.json nests arrays or objects too deeply", "write flat objects"]),
+    "cell over 128 KB": (("data.csv", GOOD_CSV + "x" * 140_000 + ",pos\n"), ["data.csv:26 has a cell longer than 131,072 characters", "shorten it"]),
+    "excel sep line, semicolons": (("data.csv", "sep=;\ntext;label\n" + "a;pos\n" * 4), ["separated by ';'", "comma-separated"]),
     "text file": (("data.txt", "a\n"), ["unsupported data file type '.txt'", "use .csv or .jsonl"]),
     "a folder": (("data.csv/inner.csv", GOOD_CSV), ["data.csv is a folder", "pass a .csv or .jsonl file"]),
 }
@@ -64,6 +71,7 @@ QUIRKS = {
     "one class written three ways": b"text,label\ngood,1\nnice, 1\nfine,1.0\nbad,0\n",
     "spaces around the header": b" text , label \ngood,1\nbad,0\n",
     "utf-16 from a spreadsheet": "text,label\ngood,1\nbad,0\n".encode("utf-16"),
+    "excel's sep=, line": b"sep=,\ntext,label\ngood,1\nbad,0\n",
 }
 
 

@@ -1,8 +1,17 @@
 """User data files (CSV, JSONL, a JSON list) read strictly: every row a clean example, or one line naming the fix.
 
 Quirks that spreadsheets and editors produce are absorbed where the meaning is clear (a UTF-8 byte
-order mark, CRLF line ends, blank lines, labels written "1", "1.0" or " 1") and refused where it is
-not (another encoding, compressed or binary files, duplicate columns, short or long rows, empty cells).
+order mark, CRLF line ends, blank lines, Excel's "sep=," first line, labels written "1", "1.0" or " 1")
+and refused where it is not (another encoding, compressed or binary files, duplicate columns, short or
+long rows, empty cells, a JSON object that names a key twice).
+
+Class names: every text and label is read in Unicode NFC, so "café" typed two ways is one class, and a
+label's surrounding spaces are dropped. A label that is then a plain decimal number (an optional sign,
+digits 0-9 with an optional decimal point, or a point and digits, then an optional exponent: e or E,
+an optional sign, digits) is named by its value: an integer value as an integer ("1", "1.0", "01",
+"1e0" and "+1" are the class "1"), any other value as Python's shortest repr of the float ("0.5" and
+"0.50" are "0.5"). Anything else is text as written: "1_0", "inf", "nan", "0x1", a number too large
+for a float. Labels that differ only in case ("Pos", "pos") stay two classes, and a note says so.
 """
 
 from __future__ import annotations
@@ -12,10 +21,15 @@ import csv
 import io
 import json
 import math
+import re
+import sys
+import unicodedata
+from collections import Counter
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
-from .errors import DataError
+from .errors import DataError, refuse_special_file
 
 
 @dataclass
@@ -26,6 +40,8 @@ class Example:
 
 BINARY_SIGNATURES = {b"\x1f\x8b": "gzip-compressed", b"PK\x03\x04": "a zip archive (an .xlsx or .zip?)", b"BZh": "bzip2-compressed",
                      b"\xfd7zXZ": "xz-compressed"}
+DECIMAL_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+EXCEL_SEPARATOR_LINE = re.compile(r"sep=.")  # Excel's first line "sep=," names the separator
 
 
 def read_examples(path: str | Path, text_column: str, target_column: str, labels: tuple[str, ...] | None = None,
@@ -50,6 +66,7 @@ def read_examples(path: str | Path, text_column: str, target_column: str, labels
         if len(labels) < 2:
             raise DataError(f"{path} has a single class {labels[0]!r} in column {target_column!r}; a classifier needs at least 2: "
                             "add examples of the other classes or pass --label-column")
+        note_case_variants(path, labels)
     unknown = sorted(found - set(labels))
     if unknown:
         raise DataError(f"{path} has labels {unknown[:5]} that the training data does not have ({list(labels)}); fix the file or the label column")
@@ -57,20 +74,27 @@ def read_examples(path: str | Path, text_column: str, target_column: str, labels
 
 
 def normal_label(value: str) -> str:
-    """One name per class: surrounding spaces dropped, a whole number written as an integer ("1.0" is "1")."""
+    """One name per class, by the rule in the module docstring."""
     text = value.strip()
-    try:
-        number = float(text)
-    except ValueError:
+    if not DECIMAL_NUMBER.fullmatch(text) or not math.isfinite(float(text)):
         return text
-    return str(int(number)) if math.isfinite(number) and number.is_integer() else text
+    exact = Decimal(text)  # exact: two integers that one float would round alike stay two classes
+    return str(int(exact)) if exact == exact.to_integral_value() else repr(float(text))
 
 
 def _label_order(label: str) -> tuple:
-    try:
-        return (0, float(label), label)
-    except ValueError:
-        return (1, 0.0, label)
+    return (0, float(label), label) if DECIMAL_NUMBER.fullmatch(label) else (1, 0.0, label)
+
+
+def note_case_variants(path: Path, labels: tuple[str, ...]) -> None:
+    """Labels that differ only in case stay classes of their own: said in one note, since few users mean it."""
+    spellings = {}
+    for label in labels:
+        spellings.setdefault(label.casefold(), []).append(label)
+    alike = [" and ".join(map(repr, names)) for names in spellings.values() if len(names) > 1]
+    if alike:
+        print(f"lorasc: note: {path} has labels that differ only in case ({'; '.join(alike[:3])}): each is a class of its own "
+              "(write them alike to make them one class)", file=sys.stderr)
 
 
 def _cell(where: str, row: dict, column: str) -> str:
@@ -83,13 +107,14 @@ def _cell(where: str, row: dict, column: str) -> str:
         raise DataError(f"{where} has a {type(value).__name__} in {column!r}; write text or a number there")
     if value is None or not str(value).strip():
         raise DataError(f"{where} has an empty {column!r} cell; fill it in or remove the row")
-    return str(value)
+    return unicodedata.normalize("NFC", str(value))
 
 
 def read_rows(path: Path, encoding: str) -> list[tuple[str, dict]]:
     """(where, row) pairs ("file:line" or "file item N") of a .csv, .jsonl or .json file."""
     if path.is_dir():
         raise DataError(f"{path} is a folder; pass a .csv or .jsonl file")
+    refuse_special_file(path, DataError, "pass a .csv or .jsonl file")
     if not path.is_file():
         raise DataError(f"data file not found: {path}; pass an existing .csv or .jsonl file")
     if path.suffix not in (".csv", ".jsonl", ".json"):
@@ -125,6 +150,8 @@ def _csv_rows(path: Path, text: str) -> list[tuple[str, dict]]:
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader, None)
+        if header and EXCEL_SEPARATOR_LINE.fullmatch(",".join(header)):
+            header = next(reader, None)  # a separator other than a comma is then refused with the header
         if header is None:
             return []
         _check_header(path, header)
@@ -137,6 +164,9 @@ def _csv_rows(path: Path, text: str) -> list[tuple[str, dict]]:
                                 "quote fields that contain commas and give every row all columns")
             rows.append((f"{path}:{reader.line_num}", dict(zip(header, fields))))
     except csv.Error as err:
+        if str(err).startswith("field larger than field limit"):
+            raise DataError(f"{path}:{reader.line_num} has a cell longer than {csv.field_size_limit():,} characters, far more than a model reads; "
+                            "shorten it, or close the quote left open before it") from None
         raise DataError(f"{path}:{reader.line_num} is not valid CSV ({err}); fix the quoting on that line") from None
     return rows
 
@@ -152,23 +182,46 @@ def _check_header(path: Path, header: list[str]) -> None:
     header[:] = names
 
 
+class _Refused(Exception):
+    """JSON that json.loads accepts silently or crashes on; the message goes after the file's name."""
+
+
+def _parse_json(text: str):
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise _Refused("nests arrays or objects too deeply to read; write flat objects like {\"text\": ..., \"label\": ...}") from None
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """An object as a dict, refused if it names a key twice (json.loads would keep the last value without a word)."""
+    twice = [key for key, count in Counter(key for key, _ in pairs).items() if count > 1]
+    if twice:
+        raise _Refused(f"has the key {twice[0]!r} twice in one object; keep one of its values")
+    return dict(pairs)
+
+
 def _jsonl_rows(path: Path, text: str) -> list[tuple[str, dict]]:
     rows = []
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                value = json.loads(line)
+                value = _parse_json(line)
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}:{number} is not valid JSON ({err.msg}); write one JSON object per line") from None
+            except _Refused as err:
+                raise DataError(f"{path}:{number} {err}") from None
             rows.append((f"{path}:{number}", _object(f"{path}:{number}", value)))
     return rows
 
 
 def _json_list_rows(path: Path, text: str) -> list[tuple[str, dict]]:
     try:
-        values = json.loads(text)
+        values = _parse_json(text)
     except json.JSONDecodeError as err:
         raise DataError(f"{path}:{err.lineno} is not valid JSON ({err.msg}); fix it, or write one JSON object per line (.jsonl)") from None
+    except _Refused as err:
+        raise DataError(f"{path} {err}") from None
     places = [f"{path} item {number}" for number in range(1, len(values) + 1)]
     return [(where, _object(where, value)) for where, value in zip(places, values)]
 
