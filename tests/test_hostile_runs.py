@@ -1,6 +1,6 @@
 """`lorasc train --resume`, `eval` and `export` on a run in every state: interrupted, finished, damaged,
 being trained, swapped. Each refusal is one line with a fix, exit code 2, and no file of the run changed.
-Two tiny runs are shared by the module (one finished, one interrupted) and copied for each test.
+Two tiny runs are shared by the module (run_fixtures.py: one finished, one interrupted) and copied for each test.
 """
 
 import json
@@ -8,54 +8,16 @@ import os
 import shutil
 
 import pytest
+import torch
 import yaml
-from conftest import DAMAGE, GOOD_CSV, TINY_CASCADE, cli, refused, truncate, write_file
+from conftest import DAMAGE, GOOD_CSV, cli, refused, truncate, write_file
+from run_fixtures import finished, finished_run, interrupted, interrupted_run  # noqa: F401 (fixtures)
+from safetensors.torch import load_file
 
-import lorasc.run.train
+from lorasc.run.assets import default_model_path
+from lorasc.run.checkpoint import load_checkpoint, model_fingerprint
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("finished") / "run"
-    assert cli("train", "--output-dir", run, *TINY_CASCADE) == 0
-    return run
-
-
-@pytest.fixture(scope="module")
-def interrupted_run(tmp_path_factory):
-    """A run on data.csv stopped (as by Ctrl-C) right after its checkpoint at step 4 of 6: the checkpoints
-    of step 3 (the first cycle's end) and 4 are kept. Its data path is relative, so a copy of the folder
-    holding both is a run of its own."""
-    folder = tmp_path_factory.mktemp("interrupted")
-    write_file(folder / "data.csv", GOOD_CSV)
-    write = lorasc.run.train.save_checkpoint
-
-    def write_then_interrupt(run_dir, step, *args):
-        write(run_dir, step, *args)
-        if step == 4:
-            raise KeyboardInterrupt
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(folder)
-        patch.setattr(lorasc.run.train, "save_checkpoint", write_then_interrupt)
-        assert cli("train", "--data", "data.csv", "--output-dir", "run", *TINY_CASCADE) == 130
-    assert sorted(p.name for p in (folder / "run").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
-    return folder / "run"
-
-
-@pytest.fixture
-def finished(finished_run, tmp_path):
-    return shutil.copytree(finished_run, tmp_path / "finished")
-
-
-@pytest.fixture
-def interrupted(interrupted_run, tmp_path, monkeypatch):
-    """A copy of the interrupted run and its data; the test runs in the folder that holds both."""
-    shutil.copy(interrupted_run.parent / "data.csv", tmp_path)
-    monkeypatch.chdir(tmp_path)
-    return shutil.copytree(interrupted_run, tmp_path / "interrupted")
 
 
 RESUME_FLAGS = {
@@ -73,19 +35,30 @@ def test_resume_refuses_a_changed_setting_and_changes_no_file(name, interrupted,
     refused(capsys, interrupted, ["train", "--resume", "--output-dir", interrupted, *flags], *fragments)
 
 
-DAMAGED_CHECKPOINT = {
-    "state.pt truncated": "state.pt",
-    "trainable.safetensors truncated": "trainable.safetensors",
-    "progress.json truncated": "progress.json",
+def edit_progress(checkpoint, **entries):
+    path = checkpoint / "progress.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **entries}))
+
+
+def edit_state(checkpoint, **entries):
+    path = checkpoint / "state.pt"
+    torch.save({**torch.load(path, weights_only=True), **entries}, path)
+
+
+DAMAGED_CHECKPOINT = {  # truncated files, and well-formed ones that are not what lorasc writes
+    "state.pt truncated": lambda checkpoint: truncate(checkpoint / "state.pt"),
+    "trainable.safetensors truncated": lambda checkpoint: truncate(checkpoint / "trainable.safetensors"),
+    "progress.json truncated": lambda checkpoint: truncate(checkpoint / "progress.json"),
+    "rows a number": lambda checkpoint: edit_progress(checkpoint, rows=5),
+    "rows of another table": lambda checkpoint: edit_progress(checkpoint, rows=[{"score": 1}]),
+    "elapsed a word": lambda checkpoint: edit_progress(checkpoint, elapsed="soon"),
+    "fingerprint missing": lambda checkpoint: edit_progress(checkpoint, fingerprint=None),
 }
 
 
 @pytest.mark.parametrize("name", DAMAGED_CHECKPOINT)
 def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(name, interrupted, capsys):
-    truncate(interrupted / "checkpoint-4" / DAMAGED_CHECKPOINT[name])
-    from lorasc.run.checkpoint import load_checkpoint, model_fingerprint
-    from lorasc.run.assets import default_model_path
-
+    DAMAGED_CHECKPOINT[name](interrupted / "checkpoint-4")
     checkpoint = load_checkpoint(interrupted, model_fingerprint(default_model_path()), restore=lambda checkpoint: None)
     assert checkpoint.progress["step"] == 3
     err = capsys.readouterr().err
@@ -100,9 +73,41 @@ def test_resume_after_the_latest_checkpoint_was_truncated_finishes_from_the_prev
     assert json.loads((interrupted / "metrics.json").read_text())["steps"] == 6
 
 
-def test_resume_refuses_when_no_checkpoint_is_readable(interrupted, capsys):
+@pytest.fixture(scope="module")
+def resumed_from_checkpoint_3(interrupted_run, tmp_path_factory):
+    """The dense model of the interrupted run resumed from checkpoint-3 (checkpoint-4 removed)."""
+    folder = tmp_path_factory.mktemp("from-3")
+    shutil.copy(interrupted_run.parent / "data.csv", folder)
+    run = shutil.copytree(interrupted_run, folder / "run")
+    shutil.rmtree(run / "checkpoint-4")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        assert cli("train", "--resume", "--output-dir", "run", "--no-progress") == 0
+    return load_file(run / "model" / "model.safetensors")
+
+
+WRONG_STATE = {"cascade state empty": {"cascade": {}}, "optimizer state a list": {"optimizer": []}, "rng states empty": {"rng": {}}}
+
+
+@pytest.mark.parametrize("name", WRONG_STATE)
+def test_a_wrong_state_falls_back_to_the_previous_checkpoint_as_if_it_were_the_latest(name, interrupted, resumed_from_checkpoint_3, capsys):
+    """Restoring the wrong state fails part way; the earlier checkpoint's restore undoes every part of it."""
+    edit_state(interrupted / "checkpoint-4", **WRONG_STATE[name])
+    assert cli("train", "--resume", "--output-dir", interrupted, "--no-progress") == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "checkpoint-4 is unreadable (its state does not fit this run" in err and "resuming from checkpoint-3" in err, err
+    model = load_file(interrupted / "model" / "model.safetensors")
+    assert model.keys() == resumed_from_checkpoint_3.keys()
+    assert all(torch.equal(model[name], resumed_from_checkpoint_3[name]) for name in model)
+
+
+@pytest.mark.parametrize("how", ["emptied", "wrong state"])
+def test_resume_refuses_when_no_checkpoint_is_readable_and_keeps_the_log(how, interrupted, capsys):
     for step in (3, 4):
-        (interrupted / f"checkpoint-{step}" / "state.pt").write_bytes(b"")
+        if how == "emptied":
+            (interrupted / f"checkpoint-{step}" / "state.pt").write_bytes(b"")
+        else:
+            edit_state(interrupted / f"checkpoint-{step}", cascade={})
     refused(capsys, interrupted, ["train", "--resume", "--output-dir", interrupted], "has no readable checkpoint", "start a new run")
 
 

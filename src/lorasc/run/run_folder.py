@@ -63,18 +63,15 @@ def check_output_dir(run_dir: Path, resume: bool) -> None:
 
 
 def check_path_length(run_dir: Path, existing: Path) -> None:
-    """The paths lorasc writes in the run folder fit the file system's limits, checked before the run
-    starts rather than met at its first checkpoint ("File name too long")."""
+    """The paths lorasc writes in the run folder fit the file system's path limit, checked before the run
+    starts rather than met at its first checkpoint ("File name too long"). A run folder's own path that is
+    too long fails already in `exists()`, and cli.py names it."""
     if not hasattr(os, "pathconf"):  # Windows: Python reports no limits there
         return
-    name_limit, path_limit = os.pathconf(existing, "PC_NAME_MAX"), os.pathconf(existing, "PC_PATH_MAX")
-    longest_name = max(run_dir.parts, key=lambda part: len(os.fsencode(part)))
-    if len(os.fsencode(longest_name)) > name_limit:
-        raise CliError(f"--output-dir {abridged(run_dir)} is not allowed: its folder name {abridged(longest_name)} is over the file system's "
-                       f"limit of {name_limit} bytes; pass a shorter --output-dir")
-    if len(os.fsencode(run_dir)) + ROOM_INSIDE > path_limit:
+    limit = os.pathconf(existing, "PC_PATH_MAX")
+    if len(os.fsencode(run_dir)) + ROOM_INSIDE > limit:
         raise CliError(f"--output-dir {abridged(run_dir)} is not allowed: with the {ROOM_INSIDE} bytes that the paths inside a run folder "
-                       f"take, it is over the file system's path limit of {path_limit} bytes; pass a shorter --output-dir")
+                       f"take, it is over the file system's path limit of {limit} bytes; pass a shorter --output-dir")
 
 
 def abridged(path: str | Path) -> str:
