@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -127,15 +128,20 @@ TINY_RUN = ["--n-train", "64", "--n-test", "32", "--n-ood", "32", "--batch-size"
 CLI_CHILD = Path(__file__).with_name("cli_child.py")
 
 
+SCRIPTS = Path(sysconfig.get_path("scripts"))  # where pip put this interpreter's console scripts: lorasc, torchrun
+
+
 def run_cli(*args, processes: int = 1, kill_at: int | None = None) -> subprocess.CompletedProcess:
     """`lorasc ARGS` in a child process, one thread per process (CI has 2 cores); with processes=2 under
-    `torchrun --standalone` (gloo); with kill_at=N SIGKILLed right after writing step N's checkpoint."""
+    torchrun as docs/distributed.md launches it (gloo); with kill_at=N SIGKILLed right after writing step
+    N's checkpoint."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if kill_at is not None:
         env["LORASC_TEST_KILL_AT"] = str(kill_at)
-    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)] if processes > 1 else []
-    entry = ["-m", "lorasc.run.cli"] if kill_at is None else [str(CLI_CHILD)]
-    return subprocess.run([sys.executable, *launcher, *entry, *map(str, args)], env=env, capture_output=True, text=True, timeout=600)
+    command = [str(SCRIPTS / "lorasc")] if kill_at is None else [sys.executable, str(CLI_CHILD)]
+    if processes > 1:
+        command = [str(SCRIPTS / "torchrun"), "--standalone", "--nproc_per_node", str(processes), "--no-python", *command]
+    return subprocess.run([*command, *map(str, args)], env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="session")
