@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 
 import lorasc.export
 import lorasc.run.preflight
+import lorasc.run.run_files
 import lorasc.run.train
 from lorasc.run.errors import DataError
 
@@ -157,18 +158,24 @@ def full_disk_in_safetensors(*args):
     raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")  # as on a full tmpfs
 
 
-def full_disk_in_json(out_dir, *args):
-    raise OSError(errno.ENOSPC, "No space left on device", str(out_dir))
+def full_disk_naming_no_file(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")  # as a flush at close reports it
 
 
-FULL_DISK = {"safetensors": ("save_file", full_disk_in_safetensors), "compression.json": ("write_compression_report", full_disk_in_json)}
+FULL_DISK = {  # where the disk fills -> (command, module, the function there that fails, what the line names)
+    "export: safetensors": ("export", lorasc.export, "save_file", full_disk_in_safetensors, "adapter-r2"),
+    "export: compression.json": ("export", lorasc.export, "write_compression_report", full_disk_naming_no_file, "adapter-r2"),
+    "eval: eval.json": ("eval", lorasc.run.run_files, "open", full_disk_naming_no_file, "eval.json"),
+}
 
 
 @pytest.mark.parametrize("where", FULL_DISK)
-def test_an_export_on_a_full_disk_is_one_line_and_leaves_nothing(where, finished, capsys, monkeypatch):
-    monkeypatch.setattr(lorasc.export, *FULL_DISK[where])
-    refused(capsys, finished, ["export", finished, "--rank", "2"], "no space left on the device", "free space, then rerun the command")
-    assert not list(finished.glob("*adapter-r2*"))
+def test_a_full_disk_is_one_line_naming_the_path_and_leaves_nothing(where, finished, capsys, monkeypatch):
+    command, module, name, fail, path = FULL_DISK[where]
+    monkeypatch.setattr(module, name, fail, raising=False)  # run_files' open is the builtin until patched
+    refused(capsys, finished, [command, finished, *(["--rank", "2"] if command == "export" else [])],
+            f"no space left on the device while writing {finished / path}", "free space, then rerun the command")
+    assert not list(finished.glob(f"*{path}*"))
 
 
 # ---- paths longer than the file system takes --------------------------------------------------------

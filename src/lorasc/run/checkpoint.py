@@ -106,12 +106,12 @@ def remove_checkpoints(run_dir: Path) -> None:
 
 
 def disk_full(err: Exception, folder: Path) -> OSError | None:
-    """The OSError behind a write that failed on a full disk: torch.save and safetensors report it
-    as RuntimeError or SafetensorError, torch.save without naming the cause."""
-    if isinstance(err, OSError):
-        return err if err.errno == errno.ENOSPC else None
-    if "os error 28" in str(err) or (folder.exists() and shutil.disk_usage(folder).free < LOW_SPACE):
-        return OSError(errno.ENOSPC, "No space left on device", str(folder))
+    """The OSError behind a write into `folder` that failed on a full disk, naming a path: torch.save and
+    safetensors report it as RuntimeError or SafetensorError, torch.save without naming the cause."""
+    if isinstance(err, OSError) and err.errno != errno.ENOSPC:
+        return None
+    if isinstance(err, OSError) or "os error 28" in str(err) or (folder.exists() and shutil.disk_usage(folder).free < LOW_SPACE):
+        return err if getattr(err, "filename", None) else OSError(errno.ENOSPC, "No space left on device", str(folder))
     return None
 
 

@@ -197,8 +197,8 @@ def command_export(args: argparse.Namespace) -> int:
     try:
         with replacing(out) as folder:  # a kill or a full disk leaves no half-written export
             errors = export_compressed_between(tuned, base, expert, folder, args.rank)
-    except (RuntimeError, SafetensorError) as err:
-        raise disk_full(err, out.parent) or err
+    except (OSError, RuntimeError, SafetensorError) as err:
+        raise disk_full(err, out) or err
     mean = sum(errors.values()) / len(errors)
     print(f"wrote {out}: rank {args.rank}, relative reconstruction error mean {mean:.4f}, max {max(errors.values()):.4f} (per layer in compression.json)")
     return 0

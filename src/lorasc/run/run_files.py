@@ -52,5 +52,10 @@ def publish(temporary: Path, path: Path) -> None:
 
 
 def write_file(path: Path, content: str) -> None:
-    with replacing(path) as temporary, open(temporary, "x", encoding="utf-8") as f:
-        f.write(content)
+    try:
+        with replacing(path) as temporary, open(temporary, "x", encoding="utf-8") as f:
+            f.write(content)
+    except OSError as err:
+        if err.filename:
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from err  # a full disk fails the flush at close, naming no file
