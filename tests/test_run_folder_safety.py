@@ -154,6 +154,13 @@ def test_an_export_cut_short_by_a_kill_does_not_block_its_rerun(finished):
     assert not leftover.exists()
 
 
+def test_an_export_never_replaces_a_folder_holding_a_file_of_the_users(finished, tmp_path, capsys):
+    earlier = tmp_path / "export"
+    assert cli("export", finished, "--rank", "2", "--output", earlier) == 0
+    (earlier / "notes.txt").write_text("what this adapter is for")
+    refused(capsys, tmp_path, ["export", finished, "--rank", "2", "--output", earlier], "already holds other files (notes.txt)", "pass a new folder")
+
+
 def full_disk_in_safetensors(*args):
     raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")  # as on a full tmpfs
 

@@ -27,6 +27,7 @@ from .settings import resolve, resume_conflict
 DATA_DIGESTS = "data.sha256.json"  # the data files a run trains on, checked again on resume
 ROOM_INSIDE = 128  # bytes for the longest path lorasc writes inside a run folder: TensorBoard's event files are named after the host
 NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
+EXPORT_FILES = {"adapter_config.json", "adapter_model.safetensors", "compression.json"}  # what `lorasc export` writes
 
 try:
     import fcntl
@@ -188,8 +189,10 @@ def _new_run(run_dir: Path) -> str:
 
 
 def check_export_folder(out: Path) -> None:
-    """An export writes into a new folder or over an earlier export, never over other files (the run's model)."""
+    """An export replaces a new folder or an earlier export that holds nothing else, never other files
+    (the run's model, a note kept beside an earlier export)."""
     if out.exists() and not out.is_dir():
         raise CliError(f"--output {out} is a file; pass a folder path")
-    if out.is_dir() and any(out.iterdir()) and not (out / "compression.json").is_file():
-        raise CliError(f"--output {out} already holds other files; pass a new folder")
+    names = {path.name for path in out.iterdir()} if out.is_dir() else set()
+    if names and not ("compression.json" in names and names <= EXPORT_FILES):
+        raise CliError(f"--output {out} already holds other files ({sorted(names - EXPORT_FILES or names)[0]}); pass a new folder")
