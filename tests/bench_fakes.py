@@ -1,6 +1,11 @@
 """Synthetic results for the benchmark package's tests: what a run would return, with accuracies
 given by a function of its spec, and no training."""
 
+import dataclasses
+import math
+
+from benchmarks.planner import PLANS
+from benchmarks.protocol import QUICK
 from benchmarks.runner import HEADER
 
 
@@ -49,3 +54,18 @@ def settle(plan, accuracy, with_val: bool = True):
         if not new:
             return board
         results += [fake_result(spec, accuracy, with_val) for spec in new]
+
+
+def tiny(**changes):
+    fields = {"labels": ("LoRA",), "grids": {"wide": (1e-3, 3e-3)}, "select_seeds": (0, 1), "final_seeds": 5, "finalists": ("LoRA",),
+              "rivals": ("LoRA",), "max_extensions": 2}
+    return dataclasses.replace(QUICK, **{**fields, **changes})
+
+
+def peaked_at(peak):
+    """Accuracy that falls off with the LR's distance (in decades) from `peak`."""
+    return lambda spec, split: 0.8 - 0.05 * abs(math.log10(spec["lr"] / peak))
+
+
+def settle_groups(p, groups, accuracy, with_val=True):
+    return settle(lambda board: [spec for group in groups for spec in PLANS[group](p, board)], accuracy, with_val)

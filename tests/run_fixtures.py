@@ -1,5 +1,5 @@
-"""Two tiny runs for the tests of run folders: one finished, one interrupted. Each module that imports
-them trains them once; each test gets a copy of its own."""
+"""Two tiny runs for the tests of run folders: one finished, one interrupted. Each module that uses
+them trains them once (conftest registers this module as a plugin); each test gets a copy of its own."""
 
 import shutil
 

@@ -115,13 +115,13 @@ def test_optimizer_state_at_a_new_expert(mode, tiny_batches):
     cascade.begin(total_steps=4, steps_per_epoch=2)
     optimizer = cascade.optimizer(lr=1e-2)
     train(cascade.model, tiny_batches[:2], optimizer)
-    assert all(optimizer.state[p] for p in cascade.expert_params)
+    assert cascade.expert_params and all(optimizer.state[p] for p in cascade.expert_params)
     cascade.step(optimizer)
     cascade.step(optimizer)  # end of cycle 1, start of cycle 2
     assert cascade.cycle == 2
     for p in cascade.expert_params:
         assert (len(optimizer.state.get(p, {})) == 0) == (mode == "reset")
-    assert all(optimizer.state[p] for p in cascade.head_params.values())  # the head is not an expert
+    assert cascade.head_params and all(optimizer.state[p] for p in cascade.head_params.values())  # the head is not an expert
 
 
 def test_loraplus_puts_b_at_ratio_times_lr():

@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 import yaml
-from conftest import TINY_RUN, run_cli
+from conftest import TINY_RUN, assert_error_line, run_cli
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -33,9 +33,8 @@ def copy_of(run, tmp_path):
 
 def expect_refusal(run, *fragments):
     resumed = run_cli("train", "--resume", "--output-dir", run)
-    assert resumed.returncode == 2 and resumed.stderr.startswith("lorasc: error: ") and resumed.stderr.count("\n") == 1, resumed.stderr[-3000:]
-    for fragment in fragments:
-        assert fragment in resumed.stderr, resumed.stderr
+    assert resumed.returncode == 2, resumed.stderr[-3000:]
+    assert_error_line(resumed.stderr, *fragments)
 
 
 def folder_bytes(folder):
@@ -115,6 +114,6 @@ def test_a_tied_embedding_model_saves_resumes_and_exports(tied_llama, tmp_path, 
     assert run_cli("train", "--output-dir", fresh, *args).returncode == 0
     after_resume, uninterrupted = load_file(killed / "model" / "model.safetensors"), load_file(fresh / "model" / "model.safetensors")
     assert after_resume.keys() == uninterrupted.keys()
-    assert all(torch.equal(after_resume[name], uninterrupted[name]) for name in after_resume)
+    assert after_resume and all(torch.equal(after_resume[name], uninterrupted[name]) for name in after_resume)
     dense = AutoModelForCausalLM.from_pretrained(killed / "model")
     assert dense.lm_head.weight.data_ptr() == dense.model.embed_tokens.weight.data_ptr()  # still tied

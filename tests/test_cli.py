@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import GOOD_CSV, TINY_RUN, cli, error_line, refused, run_cli, write_file
+from conftest import GOOD_CSV, TINY_RUN, assert_error_line, cli, refused, run_cli, write_file
 from peft import PeftModel
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -64,7 +64,7 @@ def test_resume_after_a_kill_mid_cycle_matches_the_uninterrupted_run_bitwise(tmp
     assert yaml.safe_load((fresh / "config.yaml").read_text()) == yaml.safe_load((killed / "config.yaml").read_text())
     for file in ("model/model.safetensors", "adapter/adapter_model.safetensors"):
         after_resume, uninterrupted = load_file(killed / file), load_file(fresh / file)
-        assert after_resume.keys() == uninterrupted.keys()
+        assert after_resume and after_resume.keys() == uninterrupted.keys()
         for name in after_resume:
             assert torch.equal(after_resume[name], uninterrupted[name]), name
 
@@ -142,7 +142,7 @@ def test_a_full_disk_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatc
 
     monkeypatch.setattr(lorasc.run.checkpoint, "save_file", save_then_fill_the_disk)
     assert cli("train", "--output-dir", run, "--max-steps", "4", "--num-cycles", "2", "--checkpoint-every", "1", *TINY) == 2
-    error_line(capsys, "no space left", "--resume")
+    assert_error_line(capsys.readouterr().err, "no space left", "--resume")
     assert (run / "LATEST").read_text() == "checkpoint-1"
     assert load_file(run / "checkpoint-1" / "trainable.safetensors")  # intact and readable
 
@@ -208,3 +208,17 @@ def test_the_second_built_in_task_trains_a_five_topic_head(tmp_path):
     assert yaml.safe_load((run / "config.yaml").read_text())["run"]["dataset"] == "bbc-news"
     assert AutoModelForSequenceClassification.from_pretrained(run / "model").config.num_labels == 5
     assert 0.0 <= metrics["ood"]["accuracy"] <= 1.0 and metrics["ood"]["loss"] > 0
+
+
+@pytest.mark.parametrize("command, args, says", [("train", [], "--resume"), ("eval", ["RUN"], "eval.json is as it was"),
+                                                 ("export", ["RUN", "--rank", "2"], "leaves nothing behind")])
+def test_ctrl_c_says_what_to_do_next(command, args, says, monkeypatch, capsys):
+    import lorasc.run.cli
+
+    def interrupted(parsed):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lorasc.run.cli, f"command_{command}", interrupted)
+    assert cli(command, *args) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("\ninterrupted; ") and says in err, err

@@ -127,6 +127,8 @@ CONFIG_FILES = {
     "billion laughs": ("config.yaml", LAUGHS, ["config.yaml:3 uses the YAML alias *a", "lorasc expands no aliases", "write the value out"]),
     "yaml nested deep": ("config.yaml", f"run: {DEEP}\n", ["config.yaml nests too deeply to read", "write it like RUN/config.yaml"]),
     "json nested deep": ("config.json", f'{{"run": {DEEP}}}', ["config.json nests too deeply to read"]),
+    "yaml key twice": ("config.yaml", "run:\n  lr: 0.1\n  lr: 0.2\n", ["config.yaml names the setting 'lr' twice", "keep one of them"]),
+    "json key twice": ("config.json", '{"lorasc": {"slow_alpha": 0.5, "slow_alpha": 1}}', ["config.json names the setting 'slow_alpha' twice"]),
     "larger than a settings file": ("config.yaml", "run:\n  lr: 1\n" + "#" * (2 << 20), ["too large for a settings file", "pass the .yaml or .json file"]),
 }
 

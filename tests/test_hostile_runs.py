@@ -11,7 +11,6 @@ import pytest
 import torch
 import yaml
 from conftest import DAMAGE, GOOD_CSV, cli, refused, truncate, write_file
-from run_fixtures import finished, finished_run, interrupted, interrupted_run  # noqa: F401 (fixtures)
 from safetensors.torch import load_file
 
 from lorasc.run.assets import default_model_path
@@ -98,7 +97,7 @@ def test_a_wrong_state_falls_back_to_the_previous_checkpoint_as_if_it_were_the_l
     assert err.count("\n") == 1 and "checkpoint-4 is unreadable (its state does not fit this run" in err and "resuming from checkpoint-3" in err, err
     model = load_file(interrupted / "model" / "model.safetensors")
     assert model.keys() == resumed_from_checkpoint_3.keys()
-    assert all(torch.equal(model[name], resumed_from_checkpoint_3[name]) for name in model)
+    assert model and all(torch.equal(model[name], resumed_from_checkpoint_3[name]) for name in model)
 
 
 @pytest.mark.parametrize("how", ["emptied", "wrong state"])

@@ -139,6 +139,6 @@ def test_gradient_init_uses_at_most_gradient_batches_of_the_batches(tiny_batches
         return [p.detach().clone() for p in cascade.expert_params]
 
     offered, exact, one = expert_from(five_batches, 2), expert_from(batches_from(tiny_batches), 2), expert_from(five_batches, 1)
-    assert all(torch.equal(a, b) for a, b in zip(offered, exact))
+    assert len(offered) == len(exact) > 0 and all(torch.equal(a, b) for a, b in zip(offered, exact))
     assert not torch.equal(offered[1], one[1])  # B from the gradient of one batch differs
     assert len(drawn) == 2 + 1

@@ -177,5 +177,5 @@ def test_a_checkpointed_state_rebuilds_the_same_weights_mid_cycle(kind, expert_i
 def test_experts_and_head_stay_float32_on_a_bfloat16_backbone():
     cascade = make(torch.bfloat16, "dora")
     cascade.start_cycle()
-    assert all(p.dtype == torch.float32 for p in cascade.expert_params)
-    assert all(layer.get_base_layer().weight.dtype == torch.bfloat16 for layer in cascade.layers.values())
+    assert cascade.expert_params and all(p.dtype == torch.float32 for p in cascade.expert_params)
+    assert cascade.layers and all(layer.get_base_layer().weight.dtype == torch.bfloat16 for layer in cascade.layers.values())

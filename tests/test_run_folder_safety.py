@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import TINY_CASCADE, cli, refused
-from run_fixtures import finished, finished_run  # noqa: F401 (fixtures)
 from safetensors import SafetensorError
 
 import lorasc.export

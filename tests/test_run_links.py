@@ -8,7 +8,6 @@ import shutil
 
 import pytest
 from conftest import TINY_CASCADE, cli, refused, tree_digest, truncate
-from run_fixtures import finished, finished_run, interrupted, interrupted_run  # noqa: F401 (fixtures)
 
 from lorasc.run.run_files import remove, replacing, write_file
 

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import torch
 
+from .config import LoRASCConfig
 from .schedule import jagged_scheduler
 
 
 class FullFineTune:
     """Every weight trained, one "cycle", no experts. A checkpoint holds every weight (they are all
-    trainable), so there is no backbone to rebuild."""
+    trainable), so there is no backbone to rebuild. `config` is recorded as given and unused."""
 
     num_cycles = 1
 
-    def __init__(self, model: torch.nn.Module):
-        self.model, self.steps, self.cycle, self.ends = model, 0, 1, []
+    def __init__(self, model: torch.nn.Module, config: LoRASCConfig):
+        self.model, self.config, self.steps, self.cycle, self.ends = model, config, 0, 1, []
 
     def begin(self, total_steps: int, steps_per_epoch: int | None = None) -> list[int]:
         self.ends = [total_steps]

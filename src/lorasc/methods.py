@@ -92,7 +92,7 @@ class FullFineTuning:
 
     def build(self, model: torch.nn.Module, base: LoRASCConfig, grad_batches: BatchSource | None = None,
               check_replicas: bool = False) -> FullFineTune:
-        return FullFineTune(model)
+        return FullFineTune(model, base)
 
     def export(self, trained: FullFineTune, out_dir: Path, tokenizer=None, dtype: torch.dtype | None = None) -> None:
         if dtype is not None:

@@ -33,12 +33,17 @@ from .run_folder import (abridged, check_base_unchanged, check_data_unchanged, c
                          finished_run, missing_folders, remove_unstarted, run_lock, write_data_digests)
 from .settings import EXPERT_FLAGS, FLAG_HELP, LORASC_FIELDS, RUN_FLAGS, in_flags, resolve, write_config
 
+if TYPE_CHECKING:
+    from .datasets import TaskData
+
 WRITE_FIX = {"train": "choose a writable --output-dir", "eval": "copy the run folder somewhere writable and evaluate the copy",
              "export": "pass --output with a writable folder"}
 NO_SPACE_FIX = {"train": "free space, then rerun the command (with --resume once the run has written a checkpoint: the last good one is kept)",
                 "eval": "free space, then rerun the command", "export": "free space, then rerun the command (a cut-short export leaves nothing behind)"}
 LONG_PATH_FIX = {"train": "pass shorter paths (--output-dir, --data, --model)", "eval": "move the run folder to a shorter path",
                  "export": "pass a shorter --output, or move the run folder to a shorter path"}
+INTERRUPTED = {"train": "`lorasc train --resume --output-dir RUN` continues from the last checkpoint",
+               "eval": "eval.json is as it was; rerun the command", "export": "an export cut short leaves nothing behind; rerun the command"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -223,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:
-        print("\ninterrupted; `lorasc train --resume --output-dir RUN` continues from the last checkpoint", file=sys.stderr)
+        print(f"\ninterrupted; {INTERRUPTED[args.command]}", file=sys.stderr)
         return 130
     except (CliError, ValueError, OSError) as err:
         if args.debug:

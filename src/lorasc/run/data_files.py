@@ -182,22 +182,27 @@ def _check_header(path: Path, header: list[str]) -> None:
     header[:] = names
 
 
-class _Refused(Exception):
-    """JSON that json.loads accepts silently or crashes on; the message goes after the file's name."""
+class _RepeatedKey(Exception):
+    """A JSON object that names a key twice; the message is the key."""
 
 
-def _parse_json(text: str):
+def _parse_json(text: str, where: str, fix: str):
+    """The JSON value of `text`, or one DataError that names `where` (json.loads would keep the last of two
+    equal keys without a word, and crash on deep nesting)."""
     try:
         return json.loads(text, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{where} is not valid JSON ({err.msg}, line {err.lineno} column {err.colno}); {fix}") from None
+    except _RepeatedKey as err:
+        raise DataError(f"{where} has the key {err} twice in one object; keep one of its values") from None
     except RecursionError:
-        raise _Refused("nests arrays or objects too deeply to read; write flat objects like {\"text\": ..., \"label\": ...}") from None
+        raise DataError(f"{where} nests arrays or objects too deeply to read; write flat objects like {{\"text\": ..., \"label\": ...}}") from None
 
 
 def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
-    """An object as a dict, refused if it names a key twice (json.loads would keep the last value without a word)."""
     twice = [key for key, count in Counter(key for key, _ in pairs).items() if count > 1]
     if twice:
-        raise _Refused(f"has the key {twice[0]!r} twice in one object; keep one of its values")
+        raise _RepeatedKey(repr(twice[0]))
     return dict(pairs)
 
 
@@ -205,23 +210,13 @@ def _jsonl_rows(path: Path, text: str) -> list[tuple[str, dict]]:
     rows = []
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
-            try:
-                value = _parse_json(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{number} is not valid JSON ({err.msg}); write one JSON object per line") from None
-            except _Refused as err:
-                raise DataError(f"{path}:{number} {err}") from None
-            rows.append((f"{path}:{number}", _object(f"{path}:{number}", value)))
+            where = f"{path}:{number}"
+            rows.append((where, _object(where, _parse_json(line, where, "write one JSON object per line"))))
     return rows
 
 
 def _json_list_rows(path: Path, text: str) -> list[tuple[str, dict]]:
-    try:
-        values = _parse_json(text)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}:{err.lineno} is not valid JSON ({err.msg}); fix it, or write one JSON object per line (.jsonl)") from None
-    except _Refused as err:
-        raise DataError(f"{path} {err}") from None
+    values = _parse_json(text, str(path), "fix it, or write one JSON object per line (.jsonl)")
     places = [f"{path} item {number}" for number in range(1, len(values) + 1)]
     return [(where, _object(where, value)) for where, value in zip(places, values)]
 

@@ -14,7 +14,6 @@ import resource
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import LoRASCConfig
 from ..methods import METHODS
 from .checkpoint import remove_checkpoints, set_trainable_dtype, trainable_parameters
 from .metrics import evaluate
@@ -26,15 +25,14 @@ if TYPE_CHECKING:
     from .train import Loop, Session
 
 
-def finish(run: RunConfig, config: LoRASCConfig, session: Session, loop: Loop, run_dir: Path, wall_seconds: float, save_models: bool) -> dict:
+def finish(run: RunConfig, session: Session, loop: Loop, run_dir: Path, wall_seconds: float, save_models: bool) -> dict:
     """Export, evaluate and write metrics.json; the run's checkpoints are then removed. Returns the metrics."""
-    method = METHODS[run.method]
     results = describe_run(run, session, loop, wall_seconds)
     if save_models:
         export_models(run, session, run_dir)
     set_trainable_dtype(session.cascade.model, run.torch_dtype)
     results.update(evaluate_splits(run, session))
-    results["config"] = {"run": dataclasses.asdict(run), "lorasc": method.config(config).to_dict()}  # as the method ran it
+    results["config"] = {"run": dataclasses.asdict(run), "lorasc": session.cascade.config.to_dict()}  # as the method ran it, defaults resolved
     if save_models:
         results["fingerprints"] = model_fingerprints(run_dir, session.fingerprint)
     write_file(run_dir / "metrics.json", json.dumps(results, indent=2))

@@ -21,6 +21,7 @@ from .datasets import DATASETS
 from .errors import CliError, refuse_special_file
 from .models import default_targets, model_path
 from .run_config import DEVICES, DTYPES, RUN_METHODS, TASKS, RunConfig
+from .run_files import write_file
 
 # The main job's defaults: a 4-expert cascade over one epoch of 8,000 tweets (about 500 steps). The
 # library's LoRASCConfig default is one cycle per epoch instead: the flag's help says so.
@@ -72,7 +73,9 @@ def read_config(path: Path) -> dict:
     kind = "JSON" if path.suffix == ".json" else "YAML"
     try:
         text = path.read_text(encoding="utf-8-sig")
-        loaded = json.loads(text) if kind == "JSON" else yaml.load(text, Loader=SettingsLoader)
+        loaded = json.loads(text, object_pairs_hook=unique_keys) if kind == "JSON" else yaml.load(text, Loader=SettingsLoader)
+    except RepeatedSetting as err:
+        raise CliError(f"{path} names the setting {err} twice (the last value would win without a word); keep one of them") from None
     except AliasRefused as err:
         raise CliError(f"{path}:{err.problem_mark.line + 1} uses the YAML alias {err.problem}; lorasc expands no aliases (a few bytes of them "
                        "can expand to gigabytes): write the value out") from None
@@ -102,6 +105,18 @@ def one_seed(run: dict, lorasc: dict) -> tuple[dict, dict]:
     return {"seed": seed, **run}, lorasc
 
 
+class RepeatedSetting(Exception):
+    """A key named twice in one mapping of a settings file; the message is the key."""
+
+
+def unique_keys(pairs: list[tuple]) -> dict:
+    keys = [key for key, _ in pairs]
+    repeated = next((key for key in keys if keys.count(key) > 1), None)
+    if repeated is not None:
+        raise RepeatedSetting(repr(repeated))
+    return dict(pairs)
+
+
 class AliasRefused(yaml.composer.ComposerError):
     """An alias in a settings file; its `problem` is the alias."""
 
@@ -114,6 +129,11 @@ class SettingsLoader(yaml.SafeLoader):
             alias = self.peek_event()
             raise AliasRefused(problem=f"*{alias.anchor}", problem_mark=alias.start_mark)
         return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            unique_keys([(key.value, None) for key, _ in node.value])
+        return super().construct_mapping(node, deep)
 
 
 def section(loaded: dict, name: str) -> dict:
@@ -196,7 +216,7 @@ _KIND_NAMES = {_as_int: "an integer", _as_float: "a finite number", _as_bool: "t
 
 def write_config(run_dir: Path, run: RunConfig, config: LoRASCConfig) -> None:
     lorasc = {name: value for name, value in config.to_dict().items() if name != "seed"}  # run.seed is the one seed
-    (run_dir / "config.yaml").write_text(yaml.safe_dump({"run": dataclasses.asdict(run), "lorasc": lorasc}, sort_keys=False))
+    write_file(run_dir / "config.yaml", yaml.safe_dump({"run": dataclasses.asdict(run), "lorasc": lorasc}, sort_keys=False))
 
 
 # The library names fields; in the fix of its errors (after the last "; ") the CLI names the flags.

@@ -219,6 +219,6 @@ def train(run: RunConfig, config: LoRASCConfig, run_dir: str | Path, resume: boo
     wall_seconds = loop.train(progress)
     results = {}
     if accelerator.is_main_process:
-        results = finish(run, config, session, loop, run_dir, wall_seconds, save_models)
+        results = finish(run, session, loop, run_dir, wall_seconds, save_models)
     accelerator.wait_for_everyone()
     return results
