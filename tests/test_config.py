@@ -87,8 +87,8 @@ SHAPES = {"encoder.query.weight": [8, 4]}
 LIBRARY_ERRORS = {
     "cycles above steps": (lambda: check_cycle_plan(LoRASCConfig(num_cycles=50), 6), "lower --num-cycles, or raise --max-steps or --epochs"),
     "too many cycles": (lambda: check_cycle_plan(LoRASCConfig(cycle_steps=1), 10**12), "raise --cycle-steps or lower --num-cycles"),
-    "targets match nothing": (lambda: check_targets(SHAPES, ["value"], 2), "pass --expert-target-modules with some of those"),
-    "expert rank too high": (lambda: check_targets(SHAPES, ["query"], 100), "pass --expert-r 4 or lower"),
+    "targets match nothing": (lambda: check_targets(TinyNet(), LoraConfig(r=2, target_modules=["value"])), "pass --expert-target-modules with some of those"),
+    "expert rank too high": (lambda: check_targets(TinyNet(), LoraConfig(r=100, target_modules=["q"])), "pass --expert-r 12 or lower"),
     "export rank too high": (lambda: check_rank(SHAPES, 9, "rank"), "pass --rank 4 or lower"),
     "no default targets": (lambda: default_target_modules("no-such-model"), "name the layers to adapt in --expert-target-modules"),
 }

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from accelerate import init_empty_weights
 from peft import LoraConfig
 
 from conftest import tiny_llama, token_batches, train_cascade
@@ -34,15 +35,19 @@ def test_expert_presets():
 
 def test_input_checks_see_each_methods_own_cycle_plan():
     """Ten cycles cannot fit six steps, but LoRA's preset runs one; full fine-tuning has no cycles and no targets."""
-    shapes = {name: list(p.shape) for name, p in tiny_llama().state_dict().items()}
     base = LoRASCConfig(num_cycles=10, expert=BASE.expert)
     with pytest.raises(ValueError, match="num_cycles=10 is not allowed"):
-        METHODS["lorasc"].check_inputs(base, shapes, steps_per_epoch=3, total_steps=6)
-    METHODS["lora"].check_inputs(base, shapes, steps_per_epoch=3, total_steps=6)
+        METHODS["lorasc"].check_inputs(base, empty_llama(), steps_per_epoch=3, total_steps=6)
+    METHODS["lora"].check_inputs(base, empty_llama(), steps_per_epoch=3, total_steps=6)
     unknown_targets = LoRASCConfig(num_cycles=10, expert=LoraConfig(r=2, target_modules=["nothing"]))
     with pytest.raises(ValueError, match="matches no layer"):
-        METHODS["lora"].check_inputs(unknown_targets, shapes, steps_per_epoch=3, total_steps=6)
-    METHODS["full"].check_inputs(unknown_targets, shapes, steps_per_epoch=3, total_steps=6)
+        METHODS["lora"].check_inputs(unknown_targets, empty_llama(), steps_per_epoch=3, total_steps=6)
+    METHODS["full"].check_inputs(unknown_targets, empty_llama(), steps_per_epoch=3, total_steps=6)
+
+
+def empty_llama():
+    with init_empty_weights():  # the input checks wrap the model PEFT matches on
+        return tiny_llama()
 
 
 @pytest.mark.parametrize("name", METHODS)

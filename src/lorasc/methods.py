@@ -57,10 +57,10 @@ class Method:
         expert = dataclasses.replace(base.expert, **self.expert) if self.expert else base.expert
         return dataclasses.replace(base, **self.fields, expert=expert)
 
-    def check_inputs(self, base: LoRASCConfig, shapes: dict[str, list[int]], steps_per_epoch: int, total_steps: int) -> None:
-        """The experts' targets and rank fit the model's layers (`shapes`: weight name -> shape, as in the
-        model's files), and the cycles fit the run."""
-        check_targets(shapes, base.expert.target_modules, base.expert.r)
+    def check_inputs(self, base: LoRASCConfig, model: torch.nn.Module, steps_per_epoch: int, total_steps: int) -> None:
+        """The experts' targets match layers of `model` as PEFT matches them, their rank fits those layers,
+        and the cycles fit the run. `model` is wrapped: pass one built on the meta device."""
+        check_targets(model, self.config(base).expert)
         check_cycle_plan(self.config(base), total_steps, steps_per_epoch)
 
     def build(self, model: torch.nn.Module, base: LoRASCConfig, grad_batches: BatchSource | None = None,
@@ -87,7 +87,7 @@ class FullFineTuning:
     def config(self, base: LoRASCConfig) -> LoRASCConfig:
         return base  # no cascade: the fields are recorded as given and unused
 
-    def check_inputs(self, base: LoRASCConfig, shapes: dict[str, list[int]], steps_per_epoch: int, total_steps: int) -> None:
+    def check_inputs(self, base: LoRASCConfig, model: torch.nn.Module, steps_per_epoch: int, total_steps: int) -> None:
         """Nothing to refuse: every weight trains, and there are no experts or cycles."""
 
     def build(self, model: torch.nn.Module, base: LoRASCConfig, grad_batches: BatchSource | None = None,

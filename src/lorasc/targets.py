@@ -1,17 +1,23 @@
 """What an expert adapts on a model: the default target modules per architecture, the PEFT task type of
-its head, and targets and rank checked against a model's weight shapes (read from its files before
-anything is loaded)."""
+its head, and the layers that PEFT adapts for an expert's targets, with their rank checked (on a model
+built on the meta device, before anything is loaded)."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import torch
+from peft import LoraConfig, get_peft_model
+from peft.tuners.lora import LoraLayer
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from peft.utils.error import NoMatchingPeftModuleError
 from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES,
                                                     MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
                                                     MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES)
+from transformers.pytorch_utils import Conv1D
 
+MODULE_NAME = re.compile(r"[\w.]+")  # a module name, or the last parts of one: `q_proj`, `self_attn.q_proj`
 BERT_TARGETS = ["query", "key", "value", "dense"]  # every BERT projection: MiniLM's attention and MLP
 # PEFT's task type per transformers head class: it trains a new head in full (modules_to_save) and
 # names the exported adapter's task, so that AutoPeftModelFor* loads it
@@ -35,24 +41,39 @@ def task_type_of(model: torch.nn.Module) -> str | None:
     return next((task for task, heads in HEAD_CLASSES.items() if classes & set(heads.values())), None)
 
 
-def targeted_shapes(shapes: dict[str, list[int]], targets) -> dict[str, list[int]]:
-    """The 2-D weights of the modules that PEFT's `target_modules` selects (a list of name endings, or a regex)."""
-    modules = {name.removesuffix(".weight"): shape for name, shape in shapes.items() if name.endswith(".weight") and len(shape) == 2}
-    if isinstance(targets, str):
-        return {name: shape for name, shape in modules.items() if re.fullmatch(targets, name)}
-    return {name: shape for name, shape in modules.items() if any(name == t or name.endswith("." + t) for t in targets)}
+def peft_targets(names: list[str]) -> list[str] | str:
+    """Target modules given one by one (on a command line) as PEFT reads them: one value that cannot be a
+    module's name, such as `all-linear` or a regular expression, as the string PEFT matches whole names
+    against; otherwise the names, each matching the modules whose names end in it."""
+    return names[0] if len(names) == 1 and not MODULE_NAME.fullmatch(names[0]) else names
 
 
-def check_targets(shapes: dict[str, list[int]], targets, rank: int) -> None:
-    """Refuses LoRA targets that match no layer of the model, and a rank above every targeted layer's."""
-    if targets is None:
-        return  # the architecture's default targets: the engine checks them when it wraps the model
-    targeted = targeted_shapes(shapes, targets)
-    if not targeted:
-        examples = sorted({name.removesuffix(".weight").rsplit(".", 1)[-1] for name in shapes if name.endswith(".weight")})[:8]
-        raise ValueError(f"expert.target_modules={targets!r} is not allowed: it matches no layer of the model (its layers end in names "
-                         f"such as {examples}); pass expert.target_modules with some of those")
-    check_rank(targeted, rank, "expert.r")
+def adapted_shapes(model: torch.nn.Module, expert: LoraConfig) -> dict[str, list[int]]:
+    """The weight shapes of the layers that an expert adapts on `model`, by their names in the PEFT model
+    (the keys of `LoRASC.layers`). PEFT matches them itself (name endings, a regular expression,
+    `all-linear`, `exclude_modules`, the head a task type trains in full), in `get_peft_model` with the
+    adapters on the meta device; the targets and the task type left None are the model's, as in LoRASC.
+    `model` is wrapped in place: pass one built on the meta device (`accelerate.init_empty_weights`)."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    expert = dataclasses.replace(expert, target_modules=expert.target_modules or default_target_modules(model_type),
+                                 task_type=expert.task_type or task_type_of(model))  # a copy: PEFT rewrites `all-linear` in it
+    try:
+        wrapped = get_peft_model(model, expert, low_cpu_mem_usage=True)
+    except NoMatchingPeftModuleError:
+        raise ValueError(f"expert.target_modules={expert.target_modules!r} is not allowed: it matches no layer of the model (its layers end "
+                         f"in names such as {linear_endings(model)}); pass expert.target_modules with some of those") from None
+    return {name: list(layer.get_base_layer().weight.shape) for name, layer in wrapped.named_modules() if isinstance(layer, LoraLayer)}
+
+
+def linear_endings(model: torch.nn.Module) -> list[str]:
+    """A few last parts of the names of a model's linear layers: the layers LoRASC can adapt."""
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, (torch.nn.Linear, Conv1D))})[:8]
+
+
+def check_targets(model: torch.nn.Module, expert: LoraConfig) -> None:
+    """Refuses LoRA targets that match no layer of `model` (built on the meta device: it is wrapped), and a
+    rank above every adapted layer's."""
+    check_rank(adapted_shapes(model, expert), expert.r, "expert.r")
 
 
 def check_rank(targeted: dict[str, list[int]], rank: int, field: str) -> None:

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 from safetensors import SafetensorError
 
 from ..config import LoRASCConfig
-from ..targets import check_rank, targeted_shapes, task_type_of
+from ..targets import adapted_shapes, check_rank, task_type_of
 from .checkpoint import disk_full
 from .errors import CliError
-from .model_files import weight_shapes
+from .model_files import empty_model
 from .run_config import RUN_METHODS, TASKS, RunConfig
 from .run_files import replacing, write_file
 from .run_folder import (abridged, check_base_unchanged, check_data_unchanged, check_export_folder, check_output_dir, check_resumable,
@@ -190,7 +190,7 @@ def command_export(args: argparse.Namespace) -> int:
     run, config = finished_run(args.run)
     if args.rank < 1:
         raise CliError(f"--rank {args.rank} is not allowed: an integer >= 1")
-    check_rank(targeted_shapes(weight_shapes(args.run / "model"), config.expert.target_modules), args.rank, "rank")
+    check_rank(adapted_shapes(empty_model(args.run / "model", run.task), config.expert), args.rank, "rank")
     out = args.output or args.run / f"adapter-r{args.rank}"
     check_export_folder(out)
     check_base_unchanged(args.run, run)

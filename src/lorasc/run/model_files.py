@@ -3,7 +3,8 @@
 config.json is checked as transformers will read it: a model type it knows (lorasc never runs a
 folder's own code), each field of its type, class names keyed by number. The safetensors headers give
 every weight's name and shape in a few bytes, checked by safetensors against the bytes that follow:
-enough to find a truncated or random weight file, LoRA targets that match no layer, and ranks no layer
+enough to find a truncated or random weight file. The model built from config.json on the meta device
+(no memory for its weights) is where PEFT finds LoRA targets that match no layer, and ranks no layer
 can hold. Pickled weights (.bin) are never loaded: unpickling a file can run any code.
 """
 
@@ -12,10 +13,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 import transformers
+from accelerate import init_empty_weights
 from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError, safe_open
-from transformers import CONFIG_MAPPING
+from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from .errors import ModelError, refuse_special_file
 
@@ -80,6 +83,15 @@ def _header_shapes(path: Path, fix: str) -> dict[str, list[int]]:
             return {name: weights.get_slice(name).get_shape() for name in weights.keys()}
     except SafetensorError as err:
         raise ModelError(f"{path} is truncated or not a safetensors file ({err}); {fix}") from None
+
+
+def empty_model(folder: str | Path, task: str) -> torch.nn.Module:
+    """The model that `task` loads from `folder`, built from its config.json on the meta device: every
+    module with its name and shape, and no memory for the weights (PEFT matches LoRA targets on it)."""
+    read_model_config(folder)
+    auto_class = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
+    with init_empty_weights():
+        return auto_class.from_config(AutoConfig.from_pretrained(folder))
 
 
 def position_limit(folder: str | Path) -> int | None:

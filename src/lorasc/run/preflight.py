@@ -6,7 +6,7 @@ from ..config import LoRASCConfig
 from ..methods import METHODS
 from .datasets import TaskData, load_task
 from .errors import DataError
-from .model_files import check_max_length, weight_shapes
+from .model_files import check_max_length, empty_model, weight_shapes
 from .models import check_head, model_path
 from .run_config import RunConfig
 
@@ -16,11 +16,11 @@ def check_run_inputs(run: RunConfig, config: LoRASCConfig) -> TaskData:
     data, which training then uses rather than reading it again."""
     data = training_data(run)
     path = model_path(run)
-    shapes = weight_shapes(path)
+    weight_shapes(path)  # refuses damaged weight files
     check_max_length(path, run.max_length)
     if run.task == "classification":
         check_head(path, data.labels)
-    METHODS[run.method].check_inputs(config, shapes, *run.steps(len(data.train)))
+    METHODS[run.method].check_inputs(config, empty_model(path, run.task), *run.steps(len(data.train)))
     return data
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from ..config import DEFAULT_EXPERT, EXPERT_FIELDS, EXPERT_INITS, NOISE_KINDS, NOISE_TARGETS, OPTIMIZER_STATE_MODES, LoRASCConfig, require
+from ..targets import peft_targets
 from .datasets import DATASETS
 from .errors import CliError, refuse_special_file
 from .models import default_targets, model_path
@@ -197,7 +198,7 @@ def _as_bool(value):
 def _as_list(value):
     if isinstance(value, str):
         return value  # PEFT reads a string of target modules as a regex
-    return list(value) if isinstance(value, list) and all(isinstance(v, str) for v in value) else _INVALID
+    return peft_targets(list(value)) if isinstance(value, list) and all(isinstance(v, str) for v in value) else _INVALID
 
 
 def _as_str(value):
