@@ -74,13 +74,21 @@ def test_a_cli_run_trains_the_layers_the_library_adapts(flag, tmp_path, monkeypa
             "pass --rank 384 or lower")
 
 
-def test_targets_that_match_nothing_are_refused_in_one_line_before_anything_is_written(tmp_path, capsys):
+@pytest.fixture
+def no_loading(monkeypatch):
+    def load_model(*args):
+        raise AssertionError("the model was loaded before its targets were checked")
+
+    monkeypatch.setattr("lorasc.run.train.load_model", load_model)
+
+
+def test_targets_that_match_nothing_are_refused_in_one_line_before_anything_loads(tmp_path, capsys, no_loading):
     refused(capsys, tmp_path, ["train", "--output-dir", tmp_path / "run", *TINY_CASCADE, "--expert-target-modules", "nothing.*"],
             "expert.target_modules='nothing.*' is not allowed: it matches no layer of the model (its layers end in names such as "
             "['classifier', 'dense', 'key', 'query', 'value']); pass --expert-target-modules with some of those")
 
 
-def test_a_rank_above_every_adapted_layer_is_refused_before_anything_is_written(tmp_path, capsys):
+def test_a_rank_above_every_adapted_layer_is_refused_before_anything_loads(tmp_path, capsys, no_loading):
     refused(capsys, tmp_path, ["train", "--output-dir", tmp_path / "run", *TINY_CASCADE, "--expert-target-modules", "all-linear",
                                "--expert-r", "1000"],
             "expert.r=1000 is not allowed: the adapted layers have full rank at most 384; pass --expert-r 384 or lower")
