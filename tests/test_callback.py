@@ -68,3 +68,16 @@ def test_callback_plans_one_cycle_per_epoch_without_begin(minilm, dataset, tmp_p
                              report_to="none", save_strategy="no", logging_strategy="no", use_cpu=True)
     Trainer(model=cascade.model, args=args, train_dataset=dataset[:32], callbacks=[LoRASCCallback(cascade)]).train()
     assert cascade.ends == [2, 4] and cascade.cycle == 2 and not cascade.in_cycle
+
+
+def test_callback_adds_the_cycle_metrics_to_the_trainers_logs(minilm, dataset, tmp_path):
+    cascade, optimizer, scheduler = cascade_for(minilm)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=STEPS, logging_steps=1,
+                             report_to="none", save_strategy="no", use_cpu=True, seed=0)
+    trainer = Trainer(model=cascade.model, args=args, train_dataset=dataset, optimizers=(optimizer, scheduler), callbacks=[LoRASCCallback(cascade)])
+    trainer.train()
+    steps = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert [entry["lorasc/cycle"] for entry in steps] == [1, 1, 2, 2, 3, 3]  # the cycle each step trained in
+    merges = [entry for entry in steps if "lorasc/slow_step" in entry]
+    assert [(entry["step"], entry["lorasc/experts_merged"]) for entry in merges] == [(2, 1), (4, 2), (6, 3)]
+    assert all(0 < entry["lorasc/slow_step"] < 1 for entry in merges) and merges[-1]["lorasc/slow_step"] == cascade.slow_step

@@ -10,6 +10,10 @@
 
 Without `begin` and `optimizers=`, the callback plans one cycle per epoch from the Trainer's own
 step count and the Trainer keeps its own (non-jagged) schedule.
+
+Every log of the Trainer gains `lorasc/cycle` (the cycle of the last step); the first log after a
+merge also gains `lorasc/experts_merged` and `lorasc/slow_step` (LoRASC.cycle_metrics), in the
+Trainer's `state.log_history` and in what the callbacks after this one receive.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from .cascade import LoRASC
 
 class LoRASCCallback(TrainerCallback):
     def __init__(self, cascade: LoRASC):
-        self.cascade = cascade
+        self.cascade, self.merges_logged = cascade, 0
 
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
         if not self.cascade.ends:
@@ -32,6 +36,15 @@ class LoRASCCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, optimizer=None, **kwargs):
         self.cascade.step(optimizer)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        metrics = self.cascade.cycle_metrics()
+        if metrics["lorasc/experts_merged"] == self.merges_logged:  # no merge since the last log
+            metrics = {"lorasc/cycle": metrics["lorasc/cycle"]}
+        self.merges_logged = metrics.get("lorasc/experts_merged", self.merges_logged)
+        logs.update(metrics)
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:  # the Trainer's copy of these logs
+            state.log_history[-1].update(metrics)
 
     def on_train_end(self, args, state, control, **kwargs):
         self.cascade.finish()

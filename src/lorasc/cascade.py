@@ -114,6 +114,7 @@ class LoRASC:
         self.steps = 0  # optimizer steps taken
         self.ends: list[int] = []
         self.in_cycle = False
+        self.slow_step: float | None = None  # ‖α·ΔW‖/‖W‖ of the last merge, over all adapted matrices
 
     # ---- the cycle -------------------------------------------------------------------------
     @torch.no_grad()
@@ -142,12 +143,13 @@ class LoRASC:
             raise RuntimeError("no cycle is running; call start_cycle() first")
         slow = self.slow.merged(self._finished_expert(), self.config.slow_alpha)
         head = self.head.merged(self.head_params)
+        step = self._relative_step(slow)
         try:
             self.backbone.write(slow)
         except BaseException:
             self._write_backbone()  # back to this cycle's noisy weights
             raise
-        self.slow = slow
+        self.slow, self.slow_step = slow, step
         for name, value in head.items():
             self.head_params[name].copy_(value)
         self.init.end(self.layers, self.adapter)
@@ -196,6 +198,15 @@ class LoRASC:
     def num_cycles(self) -> int:
         return len(self.ends)
 
+    def cycle_metrics(self) -> dict[str, float]:
+        """For loggers: the cycle of the last optimizer step, the experts merged so far, and (after a merge)
+        the last slow step's size ‖α·ΔW‖/‖W‖, Frobenius norms over all adapted matrices on the clean W."""
+        trained_in = self.cycle - int(self.in_cycle and self.steps in self.ends)  # a boundary has started the next cycle
+        metrics = {"lorasc/cycle": trained_in, "lorasc/experts_merged": self.cycle - int(self.in_cycle)}
+        if self.slow_step is not None:
+            metrics["lorasc/slow_step"] = self.slow_step
+        return metrics
+
     # ---- optimizer and schedule -----------------------------------------------------------
     def optimizer(self, lr: float, weight_decay: float = 0.0, optimizer_cls: type[Optimizer] = torch.optim.AdamW) -> Optimizer:
         """AdamW over the expert and the head; LoRA+ (B at lr × ratio) when `loraplus_lr_ratio` ≠ 1."""
@@ -224,6 +235,7 @@ class LoRASC:
             "slow": self.slow.state_dict(),
             "init": self.init.state_dict(),
             "head": self.head.state_dict(),
+            "slow_step": self.slow_step,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -233,6 +245,7 @@ class LoRASC:
         self.slow = type(self.slow).from_state(state["slow"])
         self.init.load_state_dict(state["init"])
         self.head.load_state_dict(state["head"])
+        self.slow_step = state.get("slow_step")  # absent from checkpoints written before it was kept
         self._write_backbone()
 
     # ---- internals ------------------------------------------------------------------------
@@ -266,6 +279,16 @@ class LoRASC:
     def _finished_expert(self) -> FinishedExpert:
         return FinishedExpert(self.layers, self.adapter, factors=lambda name: self.init.factors(name, self.layers[name], self.adapter),
                               clean=lambda name: self.backbone.clean32(self.backbone.param_of[name], self.slow))
+
+    def _relative_step(self, slow) -> float:
+        """‖S' − S‖/‖W0 + S‖ over every adapted matrix, from the slow states (S the current, S' `slow`)."""
+        step = weight = 0.0
+        for name, layer in self.layers.items():
+            pristine = self.backbone.pristine32(self.backbone.param_of[name])
+            before = self.slow.delta(name, layer, pristine)
+            step += (slow.delta(name, layer, pristine) - before).square().sum().item()
+            weight += (pristine + before).square().sum().item()
+        return (step / weight) ** 0.5 if weight else 0.0
 
     def _seeded(self, seed: int):
         """Fork the CPU RNG and the RNG of every GPU the expert lives on, then seed them all."""

@@ -34,6 +34,9 @@ class FullFineTune:
     def finish(self) -> None:
         pass
 
+    def cycle_metrics(self) -> dict[str, float]:
+        return {"lorasc/cycle": 1, "lorasc/experts_merged": 0}  # no experts: nothing is merged
+
     def verify_replicas(self) -> None:
         pass  # every weight is trained: DDP keeps the replicas in step
 

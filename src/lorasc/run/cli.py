@@ -116,7 +116,7 @@ def command_train(args: argparse.Namespace) -> int:
     data = check_run_inputs(run, config)
     if args.resume:
         check_data_unchanged(run_dir, run)
-    accelerator = make_accelerator(run)
+    accelerator = make_accelerator(run, run_dir)  # refuses a tracker that is not installed, before any file is written
     accelerator.wait_for_everyone()  # every process has checked the folder before the main one writes to it
     main, created = accelerator.is_main_process, missing_folders(run_dir)
     if main:

@@ -1,4 +1,4 @@
-"""Evaluation (loss, accuracy, macro-F1) and the run's log.csv."""
+"""Evaluation (loss, accuracy, macro-F1), the run's log.csv, and the rows as trackers receive them."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ import torch
 from .batches import IGNORED, encode, summed_loss, to_device
 from .data_files import Example
 from .run_config import RunConfig
-from .run_files import replacing, unlinked
+from .run_files import replacing
 
 EVAL_BATCH = 64
-LOG_FIELDS = ("step", "epoch", "cycle", "lr", "train_loss", "eval_loss", "eval_accuracy", "eval_macro_f1", "cycle_end")
+LOG_FIELDS = ("step", "epoch", "cycle", "lr", "train_loss", "eval_loss", "eval_accuracy", "eval_macro_f1", "cycle_end", "slow_step", "experts_merged")
+CYCLE_PREFIX = "lorasc/"  # LoRASC.cycle_metrics() names these columns so, as trackers receive them
+CYCLE_COLUMNS = ("cycle", "slow_step", "experts_merged")
 
 
 def macro_f1(pred: torch.Tensor, gold: torch.Tensor, num_classes: int) -> float:
@@ -55,8 +57,19 @@ def evaluate(model, tokenizer, examples: list[Example], run: RunConfig, num_clas
     return {"loss": loss, "accuracy": torch.cat(whole).float().mean().item(), "token_accuracy": share_right}
 
 
+def log_columns(cycle_metrics: dict) -> dict:
+    """LoRASC.cycle_metrics() as log.csv's columns."""
+    return {name.removeprefix(CYCLE_PREFIX): value for name, value in cycle_metrics.items()}
+
+
+def tracker_values(row: dict) -> dict:
+    """A log.csv row as trackers receive it (its step apart): the cycle's columns under `lorasc/`."""
+    return {(CYCLE_PREFIX + key if key in CYCLE_COLUMNS else key): value for key, value in row.items()
+            if value != "" and key not in ("step", "cycle_end")}
+
+
 class CsvLog:
-    """log.csv (rewritten from the checkpoint's rows on resume), mirrored to TensorBoard if installed."""
+    """log.csv, rewritten from the checkpoint's rows on resume."""
 
     def __init__(self, path: Path, rows: list[dict]):
         self.path, self.rows = path, rows
@@ -64,18 +77,8 @@ class CsvLog:
             writer = csv.DictWriter(f, LOG_FIELDS)
             writer.writeheader()
             writer.writerows(self.rows)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # TensorBoard is optional
-            self.tensorboard = None
-        else:
-            self.tensorboard = SummaryWriter(str(unlinked(path.parent / "tensorboard")))
 
     def add(self, row: dict) -> None:
         self.rows.append(row)
         with open(self.path, "a", newline="") as f:  # the file that __init__ wrote, not a link
             csv.DictWriter(f, LOG_FIELDS).writerow(row)
-        if self.tensorboard is not None:
-            for key in ("lr", "train_loss", "eval_loss", "eval_accuracy", "eval_macro_f1"):
-                if row.get(key, "") != "":
-                    self.tensorboard.add_scalar(key, row[key], row["step"])

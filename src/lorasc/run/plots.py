@@ -1,4 +1,5 @@
-"""PNG plots of a run, from its log.csv: loss curves with the cycle boundaries, and the metric per cycle."""
+"""PNG plots of a run, from its log.csv: loss curves with the cycle boundaries, and per cycle the metric
+and the relative size of the slow step that merged it."""
 
 from __future__ import annotations
 
@@ -54,6 +55,12 @@ def plot_run(run_dir: str | Path) -> list[Path]:
             ax.plot(cycles[: len(values)], values, "o-", label=label)
     ax.set(xlabel="cycle (after its merge)", ylabel="metric", title="Test metric after each cycle")
     ax.set_xticks(cycles)
-    ax.legend()
+    ax.legend(loc="upper left")
+    slow_steps = [float(r["slow_step"]) for r in cycle_rows if r.get("slow_step") not in ("", None)]
+    if slow_steps:  # log.csv of a run before the column, or of full fine-tuning, has none
+        step_axis = ax.twinx()
+        step_axis.plot(cycles[: len(slow_steps)], slow_steps, "s--", color="grey", label="slow step ‖α·ΔW‖/‖W‖")
+        step_axis.set(ylabel="relative slow step")
+        step_axis.legend(loc="upper right")
     metric_png = save(fig, run_dir / "metric_per_cycle.png")
     return [loss_png, metric_png]

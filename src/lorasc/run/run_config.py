@@ -15,6 +15,7 @@ from .datasets import DATASETS
 TASKS = ("classification", "causal-lm")  # the expert's PEFT task type follows the model's head (targets.task_type_of)
 RUN_METHODS = tuple(METHODS)  # methods.py: the engine's presets, and full fine-tuning as the upper reference
 DEVICES = ("auto", "cpu", "cuda")
+REPORT_TO = ("none", "tensorboard", "wandb", "mlflow", "all")  # Accelerate's trackers; all: every one installed
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -52,6 +53,7 @@ class RunConfig:
     eval_every: int = 0  # also evaluated at every cycle end; 0: only there
     log_every: int = 10
     checkpoint_every: int = 50
+    report_to: str = "none"  # where the logged rows also go, through Accelerate's trackers (TensorBoard in RUN/tensorboard)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -60,6 +62,7 @@ class RunConfig:
         require(self.dataset in DATASETS, "dataset", self.dataset, f"one of {DATASETS}")
         require(self.device in DEVICES, "device", self.device, f"one of {DEVICES}")
         require(self.dtype in DTYPES, "dtype", self.dtype, f"one of {tuple(DTYPES)}")
+        require(self.report_to in REPORT_TO, "report_to", self.report_to, f"one of {REPORT_TO}")
         for name in ("batch_size", "max_length", "grad_accum"):
             require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
         require(self.grad_accum <= self.batch_size, "grad_accum", self.grad_accum, f"at most batch_size={self.batch_size} (each micro-batch needs an example)")

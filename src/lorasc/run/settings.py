@@ -21,7 +21,7 @@ from ..targets import peft_targets
 from .datasets import DATASETS
 from .errors import CliError, refuse_special_file
 from .models import default_targets, model_path
-from .run_config import DEVICES, DTYPES, RUN_METHODS, TASKS, RunConfig
+from .run_config import DEVICES, DTYPES, REPORT_TO, RUN_METHODS, TASKS, RunConfig
 from .run_files import write_file
 
 # The main job's defaults: a 4-expert cascade over one epoch of 8,000 tweets (about 500 steps). The
@@ -31,7 +31,7 @@ FLAG_HELP = {"num_cycles": "the run cut into T equal cycles (default here: 4; th
              "cycle_steps": "a new expert every N optimizer steps instead of --num-cycles (pass --num-cycles none with it)",
              "seed": "the run's one seed: the new head, the data order, the noise and each expert (default 0)"}
 CHOICES = {"method": RUN_METHODS, "task": TASKS, "dataset": DATASETS, "device": DEVICES, "dtype": tuple(DTYPES), "noise_kind": NOISE_KINDS,
-           "noise_targets": NOISE_TARGETS, "optimizer_state": OPTIMIZER_STATE_MODES, "expert_init": EXPERT_INITS}
+           "noise_targets": NOISE_TARGETS, "optimizer_state": OPTIMIZER_STATE_MODES, "expert_init": EXPERT_INITS, "report_to": REPORT_TO}
 RUN_FIELDS = {f.name: CHOICES.get(f.name, f.type) for f in dataclasses.fields(RunConfig)}
 # The seed has one home, the run's: the cascade takes run.seed (see resolve).
 LORASC_FIELDS = {f.name: CHOICES.get(f.name, f.type) for f in dataclasses.fields(LoRASCConfig) if f.name not in ("expert", "seed")}

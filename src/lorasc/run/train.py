@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.tracking import get_available_trackers
+from accelerate.utils import LoggerType, ProjectConfiguration
 from tqdm.auto import tqdm
 
 from ..config import LoRASCConfig
@@ -30,23 +32,38 @@ from .checkpoint import (Checkpoint, DamagedCheckpoint, load_checkpoint, model_f
                          set_trainable_dtype, trainable_parameters)
 from .datasets import TaskData
 from .finish import finish
-from .metrics import CsvLog, evaluate
+from .metrics import CsvLog, evaluate, log_columns, tracker_values
 from .models import load_model, model_path
 from .preflight import training_data
 from .run_config import RunConfig
+from .run_files import unlinked
 
 PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}  # Accelerate's names
+PROJECT = "lorasc"  # the trackers' project; TensorBoard writes RUN/tensorboard/lorasc
 
 
-def make_accelerator(run: RunConfig) -> Accelerator:
-    """The run's Accelerator; under torchrun or `accelerate launch` it joins the process group."""
+def make_accelerator(run: RunConfig, run_dir: Path | None = None) -> Accelerator:
+    """The run's Accelerator, with the trackers of `run.report_to` (writing under `run_dir`); under
+    torchrun or `accelerate launch` it joins the process group."""
     cuda = torch.cuda.is_available()
     if run.device == "cuda" and not cuda:
         raise ValueError("device='cuda' is not allowed: no CUDA device is visible here; pass --device auto or cpu")
     if run.dtype == "float16" and (run.device == "cpu" or not cuda):
         raise ValueError("dtype='float16' is not allowed on the CPU: Accelerate autocasts float16 on GPUs only; pass --dtype bfloat16")
+    log_with = trackers(run.report_to)
+    logging_dir = None if run_dir is None else Path(run_dir) / "tensorboard"
     # cpu=True also without CUDA: it is what makes Accelerate start gloo under torchrun
-    return Accelerator(cpu=run.device == "cpu" or not cuda, mixed_precision=PRECISION[run.dtype], gradient_accumulation_steps=run.grad_accum)
+    return Accelerator(cpu=run.device == "cpu" or not cuda, mixed_precision=PRECISION[run.dtype], gradient_accumulation_steps=run.grad_accum,
+                       log_with=log_with, project_config=ProjectConfiguration(project_dir=run_dir, logging_dir=logging_dir))
+
+
+def trackers(report_to: str) -> str | None:
+    """Accelerate's `log_with` for `report_to`; a tracker that is not installed is refused (Accelerate would skip it silently)."""
+    if report_to == "none":
+        return None
+    if report_to != "all" and LoggerType(report_to) not in get_available_trackers():
+        raise ValueError(f"report_to={report_to!r} is not allowed: {report_to} is not installed; pip install {report_to}, or pass --report-to none")
+    return report_to
 
 
 @dataclass
@@ -86,6 +103,14 @@ def build_method(run: RunConfig, config: LoRASCConfig, model, tokenizer, data: T
 
     trained = METHODS[run.method].build(model, config, grad_batches=upcoming_batches, check_replicas=accelerator.num_processes > 1)
     return trained
+
+
+def tracker_config(run: RunConfig, config: LoRASCConfig) -> dict:
+    """The run's settings as trackers store them: flat, one number, text or flag each."""
+    method = config.to_dict()
+    settings = {**dataclasses.asdict(run), **{f"lorasc.{k}": v for k, v in method.items() if k != "expert"},
+                **{f"lorasc.expert.{k}": v for k, v in method["expert"].items()}}
+    return {name: value if isinstance(value, (bool, int, float, str)) else str(value) for name, value in settings.items()}
 
 
 def micro_batches(batch: dict[str, torch.Tensor], run: RunConfig, accelerator: Accelerator):
@@ -139,6 +164,7 @@ class Loop:
         main = self.accelerator.is_main_process
         self.model.train()
         log = CsvLog(self.run_dir / "log.csv", self.rows) if main else None
+        self.start_trackers()
         start, window = time.perf_counter(), []
         bar = tqdm(total=self.total_steps, initial=self.cascade.steps, disable=not (progress and main), desc=self.run.method, unit="step", dynamic_ncols=True)
         while self.cascade.steps < self.total_steps:
@@ -151,7 +177,9 @@ class Loop:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", cycle=f"{cycle}/{self.cascade.num_cycles}")
             if main and self.log_due(cycle_ended):
-                log.add(self.log_row(lr, cycle, cycle_ended, window))
+                row = self.log_row(lr, cycle, cycle_ended, window)
+                log.add(row)
+                self.accelerator.log(tracker_values(row), step=row["step"])
                 window = []
             if self.run.checkpoint_every and (self.cascade.steps % self.run.checkpoint_every == 0 or cycle_ended) and self.cascade.steps < self.total_steps:
                 self.checkpoint(self.elapsed + time.perf_counter() - start)
@@ -159,6 +187,13 @@ class Loop:
         self.cascade.finish()
         self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)  # the plain forward again, for evaluation and export
         return self.elapsed + time.perf_counter() - start
+
+    def start_trackers(self) -> None:
+        """Accelerate's trackers (a resumed run adds to the same ones); lorasc replaces a link where TensorBoard writes."""
+        if self.accelerator.is_main_process and self.accelerator.log_with:
+            for folder in (Path(self.accelerator.logging_dir), Path(self.accelerator.logging_dir) / PROJECT):
+                unlinked(folder)
+        self.accelerator.init_trackers(PROJECT, config=tracker_config(self.run, self.cascade.config))
 
     def step(self) -> tuple[float, bool]:
         """One optimizer step on the global batch; returns its mean loss and whether a cycle ended."""
@@ -188,6 +223,8 @@ class Loop:
         steps = self.cascade.steps
         row = {"step": steps, "epoch": round(steps / self.steps_per_epoch, 3), "cycle": cycle, "lr": lr,
                "train_loss": sum(window) / len(window), "cycle_end": int(cycle_ended)}
+        if cycle_ended:
+            row.update(log_columns(self.cascade.cycle_metrics()))
         if self.evaluate_due(cycle_ended):
             data = self.session.data
             metrics = evaluate(self.cascade.model, self.session.tokenizer, data.test, self.run, len(data.labels))
@@ -209,7 +246,7 @@ def train(run: RunConfig, config: LoRASCConfig, run_dir: str | Path, resume: boo
     """Train, evaluate, export. Returns the metrics written to `metrics.json` (on the main process;
     the others return {}). `data`: the run's data if the caller has loaded it already (preflight)."""
     run_dir = Path(run_dir)
-    accelerator = accelerator or make_accelerator(run)
+    accelerator = accelerator or make_accelerator(run, run_dir)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
     session = build(run, config, accelerator, data)
