@@ -149,7 +149,8 @@ def test_an_export_cut_short_by_a_kill_does_not_block_its_rerun(finished):
     leftover.mkdir()
     (leftover / "adapter_config.json").write_text("{}")
     assert cli("export", finished, "--rank", "2") == 0
-    assert sorted(p.name for p in (finished / "adapter-r2").iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "compression.json"]
+    assert sorted(p.name for p in (finished / "adapter-r2").iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors",
+                                                                         "compression.json", "tokenizer.json", "tokenizer_config.json"]
     assert not leftover.exists()
 
 

@@ -2,6 +2,7 @@
 
 The stacked and compressed adapters describe the *clean* backbone's change, so they are only
 exact once the noise is off the weights: every export refuses a cascade with a cycle still running.
+Every export folder gets a model card (README.md, card.py) and, where one is given, the tokenizer.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from peft.tuners.lora import LoraLayer
 from peft.utils.other import transpose
 from safetensors.torch import save_file
 
+from .card import LABELLED, Origin, write_card
 from .cascade import LoRASC
 
 
@@ -25,17 +27,33 @@ def _require_finished(cascade: LoRASC) -> None:
         raise RuntimeError(f"cycle {cascade.cycle} is running with noise on the backbone; call cascade.finish() before exporting")
 
 
-def export_dense(cascade: LoRASC, out_dir: str | Path, tokenizer=None, dtype: torch.dtype | None = None) -> Path:
+def origin_of(cascade: LoRASC) -> Origin:
+    """What a card says about where the cascade's exports came from."""
+    expert = cascade.model.peft_config[cascade.adapter]
+    labels = getattr(getattr(cascade.model, "config", None), "id2label", None) if expert.task_type in LABELLED else None
+    return Origin(expert.base_model_name_or_path, cycles=cascade.num_cycles, slow_alpha=cascade.config.slow_alpha,
+                  noise_lambda=cascade.config.noise_lambda, expert_rank=expert.r, id2label=labels)
+
+
+def describe_export(cascade: LoRASC, out_dir: str | Path, tokenizer=None, figures: dict | None = None) -> Path:
+    """The tokenizer (if given) and the model card beside an export; `figures` maps a split ("test",
+    "ood") to its metrics, for the card."""
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
+    write_card(out_dir, origin_of(cascade), figures)
+    return Path(out_dir)
+
+
+def export_dense(cascade: LoRASC, out_dir: str | Path, tokenizer=None, dtype: torch.dtype | None = None, figures: dict | None = None) -> Path:
     """The merged model as a plain transformers checkpoint: same architecture and latency as the base;
-    every weight in `dtype` if given (e.g. a float32 head on a bfloat16 backbone)."""
+    every weight in `dtype` if given (e.g. a float32 head on a bfloat16 backbone). With its model card
+    (the run's `figures` in it, if given) and the tokenizer, if given."""
     _require_finished(cascade)
     dense = copy.deepcopy(cascade.model).unload()  # the expert is zero between cycles: nothing left to merge
     if dtype is not None:
         dense.to(dtype)
     dense.save_pretrained(out_dir)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out_dir)
-    return Path(out_dir)
+    return describe_export(cascade, out_dir, tokenizer, figures)
 
 
 def stacked_factors(cascade: LoRASC) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -109,11 +127,13 @@ def _write_cascade_adapter(cascade: LoRASC, out_dir: str | Path, factors: dict, 
     return write_adapter(out_dir, factors, rank, cascade.model.peft_config[cascade.adapter], head)
 
 
-def export_stacked(cascade: LoRASC, out_dir: str | Path) -> Path:
-    """The exact rank-T·r adapter that vanilla `PeftModel.from_pretrained` loads on the original base model."""
+def export_stacked(cascade: LoRASC, out_dir: str | Path, tokenizer=None, figures: dict | None = None) -> Path:
+    """The exact rank-T·r adapter that vanilla `PeftModel.from_pretrained` loads on the original base model,
+    with its model card and the tokenizer (as in `export_dense`)."""
     _require_finished(cascade)
     factors = stacked_factors(cascade)
-    return _write_cascade_adapter(cascade, out_dir, factors, rank=next(iter(factors.values()))[0].shape[0])
+    _write_cascade_adapter(cascade, out_dir, factors, rank=next(iter(factors.values()))[0].shape[0])
+    return describe_export(cascade, out_dir, tokenizer, figures)
 
 
 def compress(deltas: dict[str, torch.Tensor], rank: int) -> tuple[dict, dict[str, float]]:
@@ -139,13 +159,15 @@ def write_compression_report(out_dir: str | Path, rank: int, errors: dict[str, f
     Path(out_dir, "compression.json").write_text(json.dumps({"rank": rank, "relative_error": errors}, indent=2))
 
 
-def export_compressed(cascade: LoRASC, out_dir: str | Path, rank: int) -> dict[str, float]:
-    """A rank-`rank` adapter from the truncated SVD of each layer's total delta.
+def export_compressed(cascade: LoRASC, out_dir: str | Path, rank: int, tokenizer=None, figures: dict | None = None) -> dict[str, float]:
+    """A rank-`rank` adapter from the truncated SVD of each layer's total delta, with its model card and
+    the tokenizer (as in `export_dense`).
 
-    Returns (and writes to `compression.json`) the relative Frobenius error per layer.
+    Returns (and writes to `compression.json`, summarized in the card) the relative Frobenius error per layer.
     """
     factors, errors = compress(total_deltas(cascade), rank)
     write_compression_report(_write_cascade_adapter(cascade, out_dir, factors, rank), rank, errors)
+    describe_export(cascade, out_dir, tokenizer, figures)
     return errors
 
 

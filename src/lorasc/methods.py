@@ -71,9 +71,10 @@ class Method:
 
     def export(self, trained: LoRASC, out_dir: Path, tokenizer=None, dtype: torch.dtype | None = None) -> None:
         """The dense model in out_dir/model (in `dtype`), and the exact stacked adapter in out_dir/adapter
-        (float32 factors) where one exists (not for DoRA, whose merge is full-rank)."""
+        (float32 factors) where one exists (not for DoRA, whose merge is full-rank); each with the
+        tokenizer and a minimal model card."""
         with contextlib.suppress(NoStackedAdapter):
-            export_stacked(trained, out_dir / "adapter")
+            export_stacked(trained, out_dir / "adapter", tokenizer)
         export_dense(trained, out_dir / "model", tokenizer, dtype)
 
     def describe(self, trained: LoRASC) -> dict:

@@ -183,8 +183,11 @@ def command_eval(args: argparse.Namespace) -> int:
 
 
 def command_export(args: argparse.Namespace) -> int:
+    from ..card import write_card
     from ..export import export_compressed_between
+    from ..methods import METHODS
     from .datasets import load_task
+    from .finish import run_figures, run_origin
     from .models import load_model
 
     run, config = finished_run(args.run)
@@ -196,12 +199,17 @@ def command_export(args: argparse.Namespace) -> int:
     check_base_unchanged(args.run, run)
     run = dataclasses.replace(run, dtype="float32")  # the delta of low-precision weights is exact in float32
     labels = load_task(run).labels
-    tuned = load_model(dataclasses.replace(run, model=str(args.run / "model")), labels)[0]
+    tuned, tokenizer = load_model(dataclasses.replace(run, model=str(args.run / "model")), labels)
     base = load_model(run, labels)[0]
     expert = dataclasses.replace(config.expert, r=args.rank, use_dora=False, task_type=task_type_of(tuned))
+    metrics = json.loads((args.run / "metrics.json").read_text(encoding="utf-8"))  # finished_run checked it
+    cycles = metrics.get("cycles") if isinstance(metrics.get("cycles"), int) else None
+    origin = run_origin(run, METHODS[run.method].config(config), labels, cycles)
     try:
         with replacing(out) as folder:  # a kill or a full disk leaves no half-written export
             errors = export_compressed_between(tuned, base, expert, folder, args.rank)
+            tokenizer.save_pretrained(folder)
+            write_card(folder, origin, run_figures(metrics), name=out.name)
     except (OSError, RuntimeError, SafetensorError) as err:
         raise disk_full(err, out) or err
     mean = sum(errors.values()) / len(errors)

@@ -27,7 +27,9 @@ from .settings import resolve, resume_conflict
 DATA_DIGESTS = "data.sha256.json"  # the data files a run trains on, checked again on resume
 ROOM_INSIDE = 128  # bytes for the longest path lorasc writes inside a run folder: TensorBoard's event files are named after the host
 NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
-EXPORT_FILES = {"adapter_config.json", "adapter_model.safetensors", "compression.json"}  # what `lorasc export` writes
+TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
+                   "chat_template.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model"}
+EXPORT_FILES = {"adapter_config.json", "adapter_model.safetensors", "compression.json", "README.md", *TOKENIZER_FILES}  # what `lorasc export` writes
 
 try:
     import fcntl
