@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 from peft import LoraConfig, PeftModel
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedTokenizerFast
 
-from conftest import TINY_CASCADE, cli, tiny_llama, token_batches, train_cascade
+from conftest import cli, tiny_llama, token_batches, train_cascade
 from lorasc import LoRASC, LoRASCConfig, export_compressed, export_dense, export_stacked
 from lorasc.card import Origin, write_card
 
