@@ -1,4 +1,5 @@
-"""User data files (CSV, JSONL, a JSON list) read strictly: every row a clean example, or one line naming the fix.
+"""User data files (CSV, JSONL, a JSON list; Parquet and saved datasets through dataset_files.py) read strictly:
+every row a clean example, or one line naming the fix.
 
 Quirks that spreadsheets and editors produce are absorbed where the meaning is clear (a UTF-8 byte
 order mark, CRLF line ends, blank lines, Excel's "sep=," first line, labels written "1", "1.0" or " 1")
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
+from .dataset_files import dataset_rows, is_saved_dataset
 from .errors import DataError, refuse_special_file
 
 
@@ -46,7 +48,7 @@ EXCEL_SEPARATOR_LINE = re.compile(r"sep=.")  # Excel's first line "sep=," names 
 
 def read_examples(path: str | Path, text_column: str, target_column: str, labels: tuple[str, ...] | None = None,
                   encoding: str = "utf-8") -> tuple[list[Example], tuple[str, ...]]:
-    """Rows of a CSV/JSONL file as examples. With `labels=None` the class names are the distinct
+    """Rows of a data file (or saved dataset folder) as examples. With `labels=None` the class names are the distinct
     values of `target_column` (numbers in numeric order); with `labels=()` the target is kept as
     text (causal LM)."""
     path = Path(path)
@@ -103,22 +105,28 @@ def _cell(where: str, row: dict, column: str) -> str:
     value = row[column]
     if isinstance(value, bool):
         value = str(value).lower()
-    if isinstance(value, (dict, list)):
-        raise DataError(f"{where} has a {type(value).__name__} in {column!r}; write text or a number there")
+    if isinstance(value, (dict, list, bytes)):
+        kind = "binary value" if isinstance(value, bytes) else type(value).__name__  # bytes: a Parquet binary column
+        raise DataError(f"{where} has a {kind} in {column!r}; write text or a number there")
     if value is None or not str(value).strip():
         raise DataError(f"{where} has an empty {column!r} cell; fill it in or remove the row")
     return unicodedata.normalize("NFC", str(value))
 
 
 def read_rows(path: Path, encoding: str) -> list[tuple[str, dict]]:
-    """(where, row) pairs ("file:line" or "file item N") of a .csv, .jsonl or .json file."""
+    """(where, row) pairs ("file:line", "file item N" or "file row N") of a .csv, .jsonl, .json or .parquet file,
+    or of a folder written by `Dataset.save_to_disk`."""
+    if is_saved_dataset(path):
+        return dataset_rows(path)
     if path.is_dir():
-        raise DataError(f"{path} is a folder; pass a .csv or .jsonl file")
+        raise DataError(f"{path} is a folder; pass a .csv or .jsonl file, or a folder written by Dataset.save_to_disk")
     refuse_special_file(path, DataError, "pass a .csv or .jsonl file")
     if not path.is_file():
         raise DataError(f"data file not found: {path}; pass an existing .csv or .jsonl file")
-    if path.suffix not in (".csv", ".jsonl", ".json"):
-        raise DataError(f"unsupported data file type {path.suffix!r} for {path}; use .csv or .jsonl")
+    if path.suffix not in (".csv", ".jsonl", ".json", ".parquet"):
+        raise DataError(f"unsupported data file type {path.suffix!r} for {path}; use .csv or .jsonl (or .parquet)")
+    if path.suffix == ".parquet":
+        return dataset_rows(path)
     text = decode(path, path.read_bytes(), encoding)
     if path.suffix == ".csv":
         return _csv_rows(path, text)

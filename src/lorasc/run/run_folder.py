@@ -101,7 +101,17 @@ def remove_unstarted(run_dir: Path, created: list[Path]) -> None:
 
 
 def data_digests(run: RunConfig) -> dict[str, str]:
-    return {name: hashlib.sha256(Path(name).read_bytes()).hexdigest() for name in (run.train_file, run.test_file, run.ood_file) if name}
+    return {name: data_digest(Path(name)) for name in (run.train_file, run.test_file, run.ood_file) if name}
+
+
+def data_digest(path: Path) -> str:
+    """sha256 of a data file, or over the names and contents of the files in a saved dataset folder."""
+    if not path.is_dir():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()
 
 
 def write_data_digests(run_dir: Path, run: RunConfig) -> None:
