@@ -83,12 +83,13 @@ def test_a_causal_lm_target_stays_text(tmp_path):
 def test_a_tiny_run_on_parquet_files(tmp_path):
     rows = list(csv.DictReader(GOOD_CSV.splitlines()))
     columns = {"text": [r["text"] for r in rows], "label": [r["label"] for r in rows]}
-    data, test = as_parquet(tmp_path / "data.parquet", columns), as_saved(tmp_path / "test", columns)
-    assert cli("train", "--data", data, "--test-file", test, "--output-dir", tmp_path / "run", *TINY_CASCADE) == 0
+    data, ood = as_parquet(tmp_path / "data.parquet", columns), as_parquet(tmp_path / "ood.parquet", columns)
+    test = as_saved(tmp_path / "test", columns)
+    assert cli("train", "--data", data, "--test-file", test, "--ood-file", ood, "--output-dir", tmp_path / "run", *TINY_CASCADE) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["steps"] == 6 and metrics["cycles"] == 2 and set(metrics["test"]) == {"loss", "accuracy", "macro_f1"}
+    assert metrics["steps"] == 6 and metrics["cycles"] == 2 and set(metrics["test"]) == set(metrics["ood"]) == {"loss", "accuracy", "macro_f1"}
     digests = json.loads((tmp_path / "run" / "data.sha256.json").read_text())  # what --resume checks
-    assert digests == {str(data): data_digest(data), str(test): data_digest(test)}
+    assert digests == {str(path): data_digest(path) for path in (data, test, ood)}
     assert json.loads((tmp_path / "run" / "model" / "config.json").read_text())["id2label"] == {"0": "neg", "1": "pos"}
 
 
