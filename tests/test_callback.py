@@ -6,7 +6,7 @@ from peft import LoraConfig
 from torch.utils.data import DataLoader, SequentialSampler
 from transformers import Trainer, TrainingArguments, default_data_collator
 
-from lorasc import LoRASC, LoRASCCallback, LoRASCConfig
+from lorasc import LoRASC, LoRASCCallback, LoRASCConfig, LoRASCTrainerMixin
 
 pytestmark = pytest.mark.slow
 STEPS, PER_CYCLE, LR = 6, 2, 5e-3
@@ -81,3 +81,26 @@ def test_callback_adds_the_cycle_metrics_to_the_trainers_logs(minilm, dataset, t
     merges = [entry for entry in steps if "lorasc/slow_step" in entry]
     assert [(entry["step"], entry["lorasc/experts_merged"]) for entry in merges] == [(2, 1), (4, 2), (6, 3)]
     assert all(0 < entry["lorasc/slow_step"] < 1 for entry in merges) and merges[-1]["lorasc/slow_step"] == cascade.slow_step
+
+
+class CascadeTrainer(LoRASCTrainerMixin, Trainer):
+    pass
+
+
+def test_trainer_mixin_reports_the_cycle_metrics_to_tensorboard(minilm, dataset, tmp_path):
+    """transformers calls the report_to callbacks before the user's: only through the mixin's `log` do they see the keys."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cascade, optimizer, scheduler = cascade_for(minilm)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=STEPS, logging_steps=1,
+                             report_to="tensorboard", save_strategy="no", use_cpu=True, seed=0)
+    trainer = CascadeTrainer(model=cascade.model, args=args, train_dataset=dataset, optimizers=(optimizer, scheduler),
+                             callbacks=[LoRASCCallback(cascade)])
+    trainer.train()
+    events = EventAccumulator(str(next(tmp_path.rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    merged = events.Scalars("train/lorasc/experts_merged")  # transformers' TensorBoard callback prefixes training logs with train/
+    assert [(e.step, e.value) for e in merged] == [(2, 1), (4, 2), (6, 3)]
+    assert [e.value for e in events.Scalars("train/lorasc/slow_step")] == pytest.approx(
+        [entry["lorasc/slow_step"] for entry in trainer.state.log_history if "lorasc/slow_step" in entry], rel=1e-6)
+    assert [e.value for e in events.Scalars("train/lorasc/cycle")][:STEPS] == [1, 1, 2, 2, 3, 3]

@@ -14,6 +14,12 @@ step count and the Trainer keeps its own (non-jagged) schedule.
 Every log of the Trainer gains `lorasc/cycle` (the cycle of the last step); the first log after a
 merge also gains `lorasc/experts_merged` and `lorasc/slow_step` (LoRASC.cycle_metrics), in the
 Trainer's `state.log_history` and in what the callbacks after this one receive.
+
+transformers calls the `report_to` trackers' callbacks (TensorBoard, W&B, …) before the user's, so
+they log before `on_log` adds these keys. For the trackers to see them, put LoRASCTrainerMixin in
+front of the Trainer class, as transformers documents for changing `Trainer.log`:
+
+    class CascadeTrainer(LoRASCTrainerMixin, Trainer): ...      # or (LoRASCTrainerMixin, SFTTrainer)
 """
 
 from __future__ import annotations
@@ -37,14 +43,32 @@ class LoRASCCallback(TrainerCallback):
     def on_step_end(self, args, state, control, optimizer=None, **kwargs):
         self.cascade.step(optimizer)
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def log_metrics(self) -> dict[str, float]:
+        """The keys the next log gains: the cycle, and the merge figures once after each merge."""
         metrics = self.cascade.cycle_metrics()
         if metrics["lorasc/experts_merged"] == self.merges_logged:  # no merge since the last log
             metrics = {"lorasc/cycle": metrics["lorasc/cycle"]}
         self.merges_logged = metrics.get("lorasc/experts_merged", self.merges_logged)
+        return metrics
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if "lorasc/cycle" in logs:  # LoRASCTrainerMixin added them before any callback ran
+            return
+        metrics = self.log_metrics()
         logs.update(metrics)
         if state.log_history and state.log_history[-1].get("step") == state.global_step:  # the Trainer's copy of these logs
             state.log_history[-1].update(metrics)
 
     def on_train_end(self, args, state, control, **kwargs):
         self.cascade.finish()
+
+
+class LoRASCTrainerMixin:
+    """`class CascadeTrainer(LoRASCTrainerMixin, Trainer)`: every log carries the LoRASCCallback's keys
+    before any callback, the `report_to` trackers included, sees it."""
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, LoRASCCallback):
+                logs.update(callback.log_metrics())
+        super().log(logs, *args, **kwargs)
