@@ -131,7 +131,7 @@ FLAGS = {
     "targets match nothing": (["--expert-target-modules", "nothing"], ["matches no layer", "--expert-target-modules"]),
     "same text and label column": (["--text-column", "label"], ["label_column='label' is not allowed"]),
     "unknown encoding": (["--encoding", "klingon"], ["encoding='klingon' is not allowed"]),
-    "unknown flag": (["--learning-rate", "1"], ["unrecognized arguments: --learning-rate", "--help"]),
+    "unknown flag": (["--learning-speed", "1"], ["unrecognized arguments: --learning-speed", "--help"]),
     "bad choice": (["--dtype", "float8"], ["invalid choice: 'float8'", "--help"]),
     "config missing": (["--config", "nowhere.yaml"], ["config file not found", "nowhere.yaml"]),
 }

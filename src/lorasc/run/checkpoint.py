@@ -35,7 +35,6 @@ STATE_KEYS = {"cascade", "optimizer", "scheduler", "scaler", "rng"}
 PROGRESS_TYPES = {"step": int, "rows": list, "elapsed": (int, float), "step_seconds": (int, float), "fingerprint": str}
 MODEL_FILE_ENDINGS = (".safetensors", ".bin", ".index.json")  # weights, and the index of sharded ones
 CHUNK = 1 << 24
-KEPT = 2
 LOW_SPACE = 1 << 20
 
 
@@ -81,9 +80,9 @@ def restore_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state(states["cuda"])
 
 
-def save_checkpoint(run_dir: Path, step: int, trainable: dict[str, torch.Tensor], state: dict, progress: dict) -> None:
+def save_checkpoint(run_dir: Path, step: int, trainable: dict[str, torch.Tensor], state: dict, progress: dict, kept: int = 2) -> None:
     """Write checkpoint-<step>, then point LATEST at it with an atomic rename: a crash mid-write
-    leaves the previous checkpoint as the latest good one. Keeps the two newest."""
+    leaves the previous checkpoint as the latest good one. Keeps the `kept` newest (--save-total-limit)."""
     final = run_dir / f"checkpoint-{step}"
     try:
         with replacing(final) as folder:
@@ -94,7 +93,7 @@ def save_checkpoint(run_dir: Path, step: int, trainable: dict[str, torch.Tensor]
     except (OSError, RuntimeError, SafetensorError) as err:
         raise disk_full(err, run_dir) or err
     write_file(run_dir / "LATEST", final.name)
-    for old in checkpoint_folders(run_dir)[KEPT:]:
+    for old in checkpoint_folders(run_dir)[kept:]:
         remove(old)
 
 

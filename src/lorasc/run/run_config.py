@@ -47,12 +47,15 @@ class RunConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 20
+    warmup_ratio: float | None = None  # as Trainer's: ceil(ratio × the run's steps) warmup steps, in place of warmup_steps
+    max_grad_norm: float | None = 1.0  # the trainable parameters' global gradient norm is clipped to it (Trainer's default); 0 or None: no clipping
     device: str = "auto"  # auto: CUDA when present
     dtype: str = "float32"  # the frozen backbone's dtype; trainable weights stay float32 under autocast
     gradient_checkpointing: bool = False
     eval_every: int = 0  # also evaluated at every cycle end; 0: only there
     log_every: int = 10
     checkpoint_every: int = 50
+    save_total_limit: int = 2  # checkpoints a run keeps, the newest
     report_to: str = "none"  # where the logged rows also go, through Accelerate's trackers (TensorBoard in RUN/tensorboard)
     seed: int = 0
 
@@ -72,6 +75,9 @@ class RunConfig:
         require(self.max_steps is None or self.max_steps >= 1, "max_steps", self.max_steps, "None or an integer >= 1")
         require(math.isfinite(self.lr) and self.lr > 0, "lr", self.lr, "a finite float > 0")
         require(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", self.weight_decay, "a finite float >= 0")
+        require(self.warmup_ratio is None or 0 <= self.warmup_ratio <= 1, "warmup_ratio", self.warmup_ratio, "None or a number in [0, 1]")
+        require(self.max_grad_norm is None or self.max_grad_norm >= 0, "max_grad_norm", self.max_grad_norm, "None, 0 (no clipping) or a number > 0")
+        require(self.save_total_limit >= 1, "save_total_limit", self.save_total_limit, "an integer >= 1")
         require(0 <= self.seed < 2**32, "seed", self.seed, "an integer in [0, 2**32)")
         require(self.split_seed is None or 0 <= self.split_seed < 2**32, "split_seed", self.split_seed, "None or an integer in [0, 2**32)")
         require(self.n_val >= 0, "n_val", self.n_val, "an integer >= 0")
@@ -95,6 +101,10 @@ class RunConfig:
         """(optimizer steps per epoch, optimizer steps of the run) on `examples` training examples."""
         per_epoch = math.ceil(examples / self.batch_size)
         return per_epoch, self.max_steps or max(1, round(self.epochs * per_epoch))
+
+    def warmup(self, total_steps: int) -> int:
+        """The warmup steps: `warmup_ratio` of the run's steps when it is set (rounded up, as Trainer), else `warmup_steps`."""
+        return self.warmup_steps if self.warmup_ratio is None else math.ceil(self.warmup_ratio * total_steps)
 
 
 def _known_encoding(name: str) -> bool:

@@ -18,6 +18,7 @@ import yaml
 
 from ..config import DEFAULT_EXPERT, EXPERT_FIELDS, EXPERT_INITS, NOISE_KINDS, NOISE_TARGETS, OPTIMIZER_STATE_MODES, LoRASCConfig, require
 from ..targets import peft_targets
+from .aliases import DERIVED, global_batch, layered, refuse_unimplemented, renamed
 from .datasets import DATASETS
 from .errors import CliError, refuse_special_file
 from .models import default_targets, model_path
@@ -33,6 +34,7 @@ FLAG_HELP = {"num_cycles": "the run cut into T equal cycles (default here: 4; th
 CHOICES = {"method": RUN_METHODS, "task": TASKS, "dataset": DATASETS, "device": DEVICES, "dtype": tuple(DTYPES), "noise_kind": NOISE_KINDS,
            "noise_targets": NOISE_TARGETS, "optimizer_state": OPTIMIZER_STATE_MODES, "expert_init": EXPERT_INITS, "report_to": REPORT_TO}
 RUN_FIELDS = {f.name: CHOICES.get(f.name, f.type) for f in dataclasses.fields(RunConfig)}
+RUN_KINDS = {**RUN_FIELDS, **DERIVED}  # with the TrainingArguments names that set a run field by a rule (aliases.py)
 # The seed has one home, the run's: the cascade takes run.seed (see resolve).
 LORASC_FIELDS = {f.name: CHOICES.get(f.name, f.type) for f in dataclasses.fields(LoRASCConfig) if f.name not in ("expert", "seed")}
 EXPERT_FLAGS = {name: kind for name, kind in EXPERT_FIELDS.items() if name not in ("modules_to_save", "task_type")}  # those follow the task
@@ -43,13 +45,14 @@ def resolve(args: argparse.Namespace) -> tuple[RunConfig, LoRASCConfig]:
     """Defaults < config file < flags, typed by the dataclass fields and validated by the dataclasses."""
     run_values, lorasc_values = {}, dict(DEFAULT_LORASC)
     expert_values = dict(DEFAULT_EXPERT)
+    flags = vars(args)
+    refuse_unimplemented(flags)
     if args.config is not None:
         loaded = read_config(args.config)
-        run_values.update(loaded["run"])
+        run_values = layered(run_values, loaded["run"])
         lorasc_values.update({k: v for k, v in loaded["lorasc"].items() if k != "expert"})
         expert_values.update(loaded["lorasc"].get("expert", {}))
-    flags = vars(args)
-    run_values.update(typed("run", {k: flags[k] for k in RUN_FIELDS if k in flags}, RUN_FIELDS))
+    run_values = global_batch(layered(run_values, typed("run", {k: flags[k] for k in RUN_KINDS if k in flags}, RUN_KINDS)))
     lorasc_values.update(typed("lorasc", {k: flags[k] for k in LORASC_FIELDS if k in flags}, LORASC_FIELDS))
     expert_values.update(typed("expert", {k: flags["expert_" + k] for k in EXPERT_FLAGS if "expert_" + k in flags}, EXPERT_FIELDS))
     run = RunConfig(**run_values)
@@ -85,14 +88,37 @@ def read_config(path: Path) -> dict:
                        "one value a setting") from None
     except (UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as err:
         raise CliError(f"{path} is not valid {kind} text ({' '.join(str(err).split())[:160]}); fix it or write it again") from None
-    if not isinstance(loaded, dict) or not loaded or set(loaded) - {"run", "lorasc"}:
-        raise CliError(f"{path} must be a mapping with the sections 'run' and/or 'lorasc' (see RUN/config.yaml of any run); fix its top level")
+    sections = {"run", "lorasc"}
+    if not isinstance(loaded, dict) or not loaded or (set(loaded) - sections and (set(loaded) & sections or any(
+            isinstance(value, dict) for name, value in loaded.items() if name != "expert"))):  # a flat file has no other sections
+        raise CliError(f"{path} must be a mapping with the sections 'run' and/or 'lorasc' (see RUN/config.yaml of any run), or a flat one "
+                       "with TrainingArguments names beside lorasc's (docs/cli.md); fix its top level")
     try:
+        loaded = loaded if set(loaded) <= sections else nested(loaded)
         run, lorasc = one_seed(section(loaded, "run"), section(loaded, "lorasc"))
         expert = typed("lorasc.expert", section(lorasc, "expert"), EXPERT_FIELDS)
-        return {"run": typed("run", run, RUN_FIELDS), "lorasc": {**typed("lorasc", lorasc, LORASC_FIELDS, {"expert"}), "expert": expert}}
+        return {"run": typed("run", run, RUN_KINDS), "lorasc": {**typed("lorasc", lorasc, LORASC_FIELDS, {"expert"}), "expert": expert},
+                "output_dir": coerce("output_dir", loaded.get("output_dir"), "str | None")}
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None  # which file holds the value
+
+
+def nested(flat: dict) -> dict:
+    """A flat config file, TrainingArguments' way, as the sections run and lorasc (and its output_dir)."""
+    values = renamed(flat)
+    unknown = sorted(set(values) - set(RUN_KINDS) - set(LORASC_FIELDS) - {"expert", "output_dir"})
+    require(not unknown, "keys", unknown, "lorasc's settings (as in RUN/config.yaml) or the TrainingArguments names of docs/cli.md")
+    run = {name: value for name, value in values.items() if name in RUN_KINDS}
+    lorasc = {name: value for name, value in values.items() if name in LORASC_FIELDS or name == "expert"}
+    return {"run": run, "lorasc": lorasc, "output_dir": values.get("output_dir")}
+
+
+def output_dir(args: argparse.Namespace) -> Path | None:
+    """--output-dir, else the output_dir of a flat config file."""
+    if args.output_dir is not None or args.config is None:
+        return args.output_dir
+    folder = read_config(args.config)["output_dir"]
+    return None if folder is None else Path(folder)
 
 
 def one_seed(run: dict, lorasc: dict) -> tuple[dict, dict]:

@@ -136,7 +136,7 @@ class Loop:
         self.steps_per_epoch, self.total_steps = run.steps(len(session.data.train))
         self.cascade.begin(self.total_steps, self.steps_per_epoch)
         self.optimizer = self.cascade.optimizer(lr=run.lr, weight_decay=run.weight_decay)
-        self.scheduler = self.cascade.scheduler(self.optimizer, warmup_steps=run.warmup_steps)
+        self.scheduler = self.cascade.scheduler(self.optimizer, warmup_steps=run.warmup(self.total_steps))
         # The jagged scheduler stays out of Accelerate, which would step it once per process.
         self.model, self.prepared_optimizer = session.prepared, accelerator.prepare_optimizer(self.optimizer)
         self.rows, self.elapsed, self.step_seconds = [], 0.0, 0.0
@@ -205,12 +205,19 @@ class Loop:
                 summed = summed_loss(self.model, to_device(micro, self.accelerator.device), self.run.task)[0]
                 self.accelerator.backward(summed * scale)
             loss += summed.detach() * scale / (self.accelerator.num_processes * self.run.grad_accum)
+        self.clip_gradients()
         self.prepared_optimizer.step()
         self.scheduler.step()
         self.prepared_optimizer.zero_grad(set_to_none=True)
         cycle_ended = self.cascade.step(self.optimizer)  # merges and fresh experts count as training time
         self.step_seconds += time.perf_counter() - started
         return self.accelerator.reduce(loss, reduction="sum").item(), cycle_ended
+
+    def clip_gradients(self) -> None:
+        """Clip the trainable parameters' global gradient norm to `max_grad_norm`, as Trainer does: once
+        the gradients are synchronized (after the last micro-batch; DDP has averaged them), unscaled for float16."""
+        if self.run.max_grad_norm:
+            self.accelerator.clip_grad_norm_(list(trainable_parameters(self.cascade.model).values()), self.run.max_grad_norm)
 
     def log_due(self, cycle_ended: bool) -> bool:
         return self.evaluate_due(cycle_ended) or self.cascade.steps % self.run.log_every == 0
@@ -237,7 +244,8 @@ class Loop:
             state = {"cascade": self.cascade.state_dict(), "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                      "scaler": None if scaler is None else scaler.state_dict(), "rng": rng_states()}
             progress = {"fingerprint": self.session.fingerprint, "rows": self.rows, "elapsed": elapsed, "step_seconds": self.step_seconds}
-            save_checkpoint(self.run_dir, self.cascade.steps, trainable_parameters(self.cascade.model), state, progress)
+            save_checkpoint(self.run_dir, self.cascade.steps, trainable_parameters(self.cascade.model), state, progress,
+                            self.run.save_total_limit)
         self.accelerator.wait_for_everyone()  # nobody reads a half-written checkpoint
 
 
