@@ -106,6 +106,16 @@ def tiny_llama(dtype=torch.float32, seed=0, tie_word_embeddings=False):
     return LlamaForCausalLM(config).to(dtype)
 
 
+def word_tokenizer(vocab=96):
+    """A word-level tokenizer whose vocabulary is the tiny Llama's, so PEFT never resizes its embeddings."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel({f"w{i}": i for i in range(vocab)}, unk_token="w0"))
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=words, unk_token="w0", eos_token="w1", pad_token="w2")
+
+
 def token_batches(n, batch=4, length=16, vocab=96, seed=1):
     gen = torch.Generator().manual_seed(seed)
     out = []

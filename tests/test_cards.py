@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 from peft import LoraConfig, PeftModel
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from conftest import cli, tiny_llama, token_batches, train_cascade
+from conftest import cli, tiny_llama, token_batches, train_cascade, word_tokenizer
 from lorasc import LoRASC, LoRASCConfig, export_compressed, export_dense, export_stacked
 from lorasc.card import Origin, write_card
 
@@ -37,15 +37,6 @@ def run_loading_code(folder, monkeypatch):
 def logits(model, **inputs):
     with torch.no_grad():
         return model.eval()(**inputs).logits
-
-
-def word_tokenizer(vocab=96):
-    """A word-level tokenizer whose vocabulary is the tiny Llama's, so PEFT never resizes its embeddings."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    words = Tokenizer(models.WordLevel({f"w{i}": i for i in range(vocab)}, unk_token="w0"))
-    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=words, unk_token="w0", eos_token="w1", pad_token="w2")
 
 
 @pytest.fixture(scope="module")

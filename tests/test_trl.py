@@ -4,7 +4,6 @@ and conversational (`messages`) data; docs/trl.md is the user's page."""
 import copy
 from pathlib import Path
 
-import pytest
 import torch
 from datasets import Dataset
 from peft import LoraConfig
@@ -12,9 +11,8 @@ from torch.utils.data import SequentialSampler
 from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
-from conftest import tiny_llama, train_cascade
+from conftest import tiny_llama, train_cascade, word_tokenizer
 from lorasc import LoRASC, LoRASCCallback, LoRASCConfig, LoRASCTrainerMixin
-from test_cards import word_tokenizer
 
 STEPS, PER_CYCLE, BATCH = 6, 2, 4
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }} {{ m['content'] }} {% endfor %}{% if add_generation_prompt %}assistant {% endif %}"
