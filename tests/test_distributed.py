@@ -137,7 +137,8 @@ def test_trainer_callback_under_torchrun_matches_the_plain_loop(one_process, tmp
 # ---- `lorasc train` on 2 processes ----------------------------------------------------------
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory, minilm_without_dropout):
-    common = ["--model", minilm_without_dropout, "--max-steps", "6", "--num-cycles", "3", "--checkpoint-every", "1", *TINY_RUN]
+    # --max-grad-norm 0.05 clips every step: the norm is taken once the processes' gradients are summed
+    common = ["--model", minilm_without_dropout, "--max-steps", "6", "--num-cycles", "3", "--checkpoint-every", "1", "--max-grad-norm", "0.05", *TINY_RUN]
     run = tmp_path_factory.mktemp("two") / "run"
     trained = run_cli("train", "--output-dir", run, *common, processes=2)
     assert trained.returncode == 0, trained.stderr[-5000:]
