@@ -30,7 +30,12 @@ from .run_files import write_file
 DEFAULT_LORASC = {"num_cycles": 4}
 FLAG_HELP = {"num_cycles": "the run cut into T equal cycles (default here: 4; the library's LoRASCConfig default is one cycle per epoch)",
              "cycle_steps": "a new expert every N optimizer steps instead of --num-cycles (pass --num-cycles none with it)",
-             "seed": "the run's one seed: the new head, the data order, the noise and each expert (default 0)"}
+             "seed": "the run's one seed: the new head, the data order, the noise and each expert (default 0)",
+             "max_grad_norm": "clip the trainable parameters' global gradient norm to it (default 1.0, as Trainer; 0 or none: no clipping)",
+             "save_total_limit": "how many checkpoints the run keeps, the newest (default 2)",
+             "warmup_ratio": "warmup as a share of the run's steps, rounded up (as Trainer); set, it replaces --warmup-steps",
+             "per_device_train_batch_size": "transformers' name: --batch-size (the global batch) is it × --grad-accum × the processes",
+             "bf16": "transformers' name: --dtype bfloat16", "fp16": "transformers' name: --dtype float16"}
 CHOICES = {"method": RUN_METHODS, "task": TASKS, "dataset": DATASETS, "device": DEVICES, "dtype": tuple(DTYPES), "noise_kind": NOISE_KINDS,
            "noise_targets": NOISE_TARGETS, "optimizer_state": OPTIMIZER_STATE_MODES, "expert_init": EXPERT_INITS, "report_to": REPORT_TO}
 RUN_FIELDS = {f.name: CHOICES.get(f.name, f.type) for f in dataclasses.fields(RunConfig)}
