@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--method", choices=RUN_METHODS, default=argparse.SUPPRESS)
     train.add_argument("--task", choices=TASKS, default=argparse.SUPPRESS)
     train.add_argument("--model", dest="model", default=argparse.SUPPRESS, help="a local model folder, or a built-in model: minilm (the default), smollm2-135m")
-    train.add_argument("--data", dest="train_file", default=argparse.SUPPRESS, help="training CSV/JSONL (alias of --train-file)")
+    train.add_argument("--data", dest="train_file", default=argparse.SUPPRESS, help="training data: .csv, .jsonl, .json, .parquet or a save_to_disk folder (alias of --train-file)")
     train.add_argument("--no-progress", action="store_true")
     _add_flags(train, RUN_FLAGS)
     _add_flags(train, LORASC_FIELDS)
