@@ -44,23 +44,16 @@ from .noise import matrix_seed
 from .optimizer_state import carry_state
 from .schedule import cycle_ends, jagged_scheduler
 from .slow import FinishedExpert, KeepHead, SlowHead, slow_state_for
-from .targets import default_target_modules, task_type_of
+from .targets import expert_defaults
 
 
 def with_model_defaults(config: LoRASCConfig, model: torch.nn.Module) -> LoRASCConfig:
-    """The config with the expert's fields left None taken from the model: the target modules of its
-    architecture, and the task type of its head (without one, PEFT freezes a classifier's new head,
-    which then never learns)."""
-    expert = config.expert
-    if expert.target_modules is None:
-        model_type = getattr(getattr(model, "config", None), "model_type", None)  # None: not a transformers model
-        expert = dataclasses.replace(expert, target_modules=default_target_modules(model_type))
-    task = task_type_of(model)
-    if expert.task_type is None and task is not None:
-        if task != "CAUSAL_LM":
-            warnings.warn(f"expert.task_type=None on a {type(model).__name__}: using {task!r}, so that PEFT trains its new head; "
-                          "pass task_type to choose", stacklevel=3)
-        expert = dataclasses.replace(expert, task_type=task)
+    """The config with the expert's fields left None taken from the model (`targets.expert_defaults`);
+    a classifier's task type taken so is said in a warning."""
+    expert = expert_defaults(config.expert, model)
+    if config.expert.task_type is None and expert.task_type not in (None, "CAUSAL_LM"):
+        warnings.warn(f"expert.task_type=None on a {type(model).__name__}: using {expert.task_type!r}, so that PEFT trains its new head; "
+                      "pass task_type to choose", stacklevel=3)
     return dataclasses.replace(config, expert=expert)
 
 

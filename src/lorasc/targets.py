@@ -41,6 +41,15 @@ def task_type_of(model: torch.nn.Module) -> str | None:
     return next((task for task, heads in HEAD_CLASSES.items() if classes & set(heads.values())), None)
 
 
+def expert_defaults(expert: LoraConfig, model: torch.nn.Module) -> LoraConfig:
+    """A copy of `expert` with the fields left None taken from the model: the target modules of its
+    architecture, and the task type of its head (without one, PEFT freezes a classifier's new head, which
+    then never learns). Always a copy: PEFT rewrites `all-linear` in the config it is handed."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)  # None: not a transformers model
+    targets = default_target_modules(model_type) if expert.target_modules is None else expert.target_modules
+    return dataclasses.replace(expert, target_modules=targets, task_type=expert.task_type or task_type_of(model))
+
+
 def peft_targets(names: list[str]) -> list[str] | str:
     """Target modules given one by one (on a command line) as PEFT reads them: one value that cannot be a
     module's name, such as `all-linear` or a regular expression, as the string PEFT matches whole names
@@ -52,11 +61,9 @@ def adapted_shapes(model: torch.nn.Module, expert: LoraConfig) -> dict[str, list
     """The weight shapes of the layers that an expert adapts on `model`, by their names in the PEFT model
     (the keys of `LoRASC.layers`). PEFT matches them itself (name endings, a regular expression,
     `all-linear`, `exclude_modules`, the head a task type trains in full), in `get_peft_model` with the
-    adapters on the meta device; the targets and the task type left None are the model's, as in LoRASC.
+    adapters on the meta device; the targets and the task type left None are the model's (`expert_defaults`).
     `model` is wrapped in place: pass one built on the meta device (`accelerate.init_empty_weights`)."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    expert = dataclasses.replace(expert, target_modules=expert.target_modules or default_target_modules(model_type),
-                                 task_type=expert.task_type or task_type_of(model))  # a copy: PEFT rewrites `all-linear` in it
+    expert = expert_defaults(expert, model)
     try:
         wrapped = get_peft_model(model, expert, low_cpu_mem_usage=True)
     except NoMatchingPeftModuleError:
