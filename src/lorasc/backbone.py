@@ -6,20 +6,24 @@ The clean backbone is a function, not a state: W_clean = round(W0 + S), with S t
     W ← round(W0 + S + ε + offset)
 
 where ε is the running cycle's noise (or nothing) and `offset` an expert init's compensation (or
-nothing). Each weight is therefore rounded once per write, never accumulated in its own dtype: the
+nothing, given as low-rank factors). Each weight is therefore rounded once per write, never accumulated in its own dtype: the
 merges stay exact in bfloat16 and float16, and removing the noise is a rebuild without it.
 
 Host memory: one copy of every rewritten matrix in the model's dtype (pinned when the weights live
 on a GPU), i.e. at most the model's size.
+
+A quantized backbone cannot take these writes; quantized.py has its twin, `QuantizedBackbone`, with
+the same methods, which carries S beside the weights instead.
 """
 
 from __future__ import annotations
 
 import torch
 from peft.tuners.lora import Linear as LoraLinear
+from peft.utils.other import transpose
 
 from .noise import matrix_seed, noise_for
-from .slow import SlowState
+from .slow import Factors, SlowState
 
 
 def host_copy(weight: torch.Tensor) -> torch.Tensor:
@@ -49,14 +53,29 @@ class Backbone:
         return w0 if layer_name is None else slow.clean(layer_name, self.layers[layer_name], w0)
 
     @torch.no_grad()
-    def write(self, slow: SlowState, noise_cycle: int | None = None, offsets: dict[str, torch.Tensor] | None = None) -> None:
-        """Set every matrix to round(W0 + S [+ ε of `noise_cycle`] [+ offset of its layer])."""
+    def write(self, slow: SlowState, noise_cycle: int | None = None, offsets: Factors | None = None) -> None:
+        """Set every matrix to round(W0 + S [+ ε of `noise_cycle`] [+ B·A of its layer's offset (A, B)])."""
         offsets = offsets or {}
         for name, p in self.params.items():
             w = self.clean32(name, slow)
             if noise_cycle is not None and self.lam > 0:
                 w += noise_for(w, self.lam, self.kind, matrix_seed(self.seed, noise_cycle, name))
-            offset = offsets.get(self.layer_of.get(name, ""))
-            if offset is not None:
-                w += offset.to(w.device)
+            layer_name = self.layer_of.get(name, "")
+            if layer_name in offsets:
+                a, b = (t.to(w.device) for t in offsets[layer_name])
+                w += transpose(b @ a, self.layers[layer_name].fan_in_fan_out)
             p.copy_(w)
+
+    def watched(self) -> dict[str, torch.Tensor]:
+        """What this backbone edits on the device, by parameter name: every rewritten matrix."""
+        return dict(self.params)
+
+    def check_plan(self, slow: SlowState, added: dict[str, int]) -> None:
+        """A float backbone takes a slow state of any rank (a quantized one has a budget)."""
+
+    def fitted(self, slow: SlowState) -> SlowState:
+        return slow
+
+    def materialized(self, model: torch.nn.Module, slow: SlowState, dtype: torch.dtype | None) -> torch.nn.Module:
+        """`model`, a copy of the unloaded cascade model, as a plain model of W0 + S: its weights already are."""
+        return model if dtype is None else model.to(dtype)

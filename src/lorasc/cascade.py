@@ -36,12 +36,12 @@ from peft.tuners.lora import Linear as LoraLinear
 from peft.tuners.lora import LoraLayer
 from torch.optim import Optimizer
 
-from .backbone import Backbone
 from .config import LoRASCConfig
 from .distributed import assert_replicas_identical
 from .init import INIT_STRATEGIES, BatchSource
 from .noise import matrix_seed
 from .optimizer_state import carry_state
+from .quantized import backbone_for, is_quantized
 from .schedule import cycle_ends, jagged_scheduler
 from .slow import FinishedExpert, KeepHead, SlowHead, slow_state_for
 from .targets import expert_defaults
@@ -94,13 +94,13 @@ class LoRASC:
         if not self.layers:
             raise ValueError(f"expert.target_modules={config.expert.target_modules!r} is not allowed: they match no Linear layer "
                              f"with a LoRA adapter {adapter!r} (LoRASC adapts Linear layers only); name Linear modules, e.g. attention projections")
-        unsupported = sorted(n for n, m in self.layers.items() if not isinstance(m, LoraLinear))
+        unsupported = sorted(n for n, m in self.layers.items() if not (isinstance(m, LoraLinear) or is_quantized(m.get_base_layer())))
         if unsupported:
             raise ValueError(f"expert.target_modules={config.expert.target_modules!r} is not allowed: LoRASC adapts Linear layers only, not {unsupported[:3]}")
         self.expert_params = [p for m in self.layers.values() for p in self._expert_tensors(m)]
         expert_ids = {id(p) for p in self.expert_params}
         self.head_params = {n: p for n, p in self.model.named_parameters() if p.requires_grad and id(p) not in expert_ids}
-        self.backbone = Backbone(*self._backbone_targets(), config.noise_lambda, config.noise_kind, config.seed)
+        self.backbone = backbone_for(config, self.model, *self._backbone_targets())
         self.slow = slow_state_for(config.expert)()
         self.head = SlowHead(config.slow_alpha) if config.slow_head else KeepHead()
         self.cycle = 0  # index of the current (or last finished) cycle, 1-based
@@ -134,7 +134,7 @@ class LoRASC:
         zero expert. Atomic: if it fails, the weights and the cascade's state are as before the call."""
         if not self.in_cycle:
             raise RuntimeError("no cycle is running; call start_cycle() first")
-        slow = self.slow.merged(self._finished_expert(), self.config.slow_alpha)
+        slow = self.backbone.fitted(self.slow.merged(self._finished_expert(), self.config.slow_alpha))
         head = self.head.merged(self.head_params)
         step = self._relative_step(slow)
         try:
@@ -157,15 +157,17 @@ class LoRASC:
             assert_replicas_identical(self)
 
     def watched_tensors(self) -> dict[str, torch.Tensor]:
-        """What the cascade edits in place or trains: the adapted backbone weights, the noise targets,
-        the expert and the head, in the model's own (rank-independent) parameter order."""
-        watched = {id(p) for p in [*self.backbone.params.values(), *self.expert_params, *self.head_params.values()]}
-        return {name: p for name, p in self.model.named_parameters() if id(p) in watched}
+        """What the cascade edits or trains: what the backbone keeps on the device (the rewritten weights, or
+        a quantized backbone's carried stack), then the expert and the head in the model's parameter order."""
+        trained = {id(p) for p in [*self.expert_params, *self.head_params.values()]}
+        return {**self.backbone.watched(), **{name: p for name, p in self.model.named_parameters() if id(p) in trained}}
 
     # ---- step-driven use (plain loop and Trainer callback) --------------------------------
     def begin(self, total_steps: int, steps_per_epoch: int | None = None) -> list[int]:
         """Plan the cycles of a run of `total_steps` optimizer steps and start the first one."""
         self.ends = cycle_ends(self.config, total_steps, steps_per_epoch)
+        cycles_left = len(self.ends) - (self.cycle - int(self.in_cycle))
+        self.backbone.check_plan(self.slow, {name: cycles_left * layer.r[self.adapter] for name, layer in self.layers.items()})
         if self.cycle == 0:
             self.start_cycle()
         return self.ends

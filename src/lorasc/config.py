@@ -12,6 +12,7 @@ from .init import INIT_STRATEGIES
 from .noise import NOISE_KINDS
 NOISE_TARGETS = ("adapted", "all")
 OPTIMIZER_STATE_MODES = ("reset", "keep", "prune")
+SLOW_OVERFLOW_MODES = ("stop", "compress")  # quantized.py: when the carried stack outgrows slow_budget
 EXPERT_INITS = tuple(INIT_STRATEGIES)
 # Inits that PEFT's `reset_lora_parameters` redraws without touching the backbone. The others
 # (PiSSA, OLoRA, LoftQ, EVA, LoRA-GA, CorDA) rewrite the base weight when applied, so re-running
@@ -50,6 +51,8 @@ class LoRASCConfig:
     gradient_batches: int = 4
     loraplus_lr_ratio: float = 1.0
     slow_head: bool = False
+    slow_budget: float = 0.5  # quantized backbones: the carried stack's float32 bytes / the packed adapted weights' bytes
+    slow_overflow: str = "stop"
     seed: int = 0
     expert: LoraConfig = field(default_factory=lambda: LoraConfig(**DEFAULT_EXPERT))
 
@@ -78,6 +81,9 @@ class LoRASCConfig:
             self.expert_init,
             "'kaiming' or 'orthogonal' with a DoRA expert (LoRA-GA's compensation is defined for LoRA and rsLoRA)",
         )
+        require(self.slow_budget > 0, "slow_budget", self.slow_budget,
+                "a float > 0: the carried stack's bytes as a share of the quantized adapted weights' bytes")
+        require(self.slow_overflow in SLOW_OVERFLOW_MODES, "slow_overflow", self.slow_overflow, f"one of {SLOW_OVERFLOW_MODES}")
         require(self.loraplus_lr_ratio > 0, "loraplus_lr_ratio", self.loraplus_lr_ratio, "a float > 0; 1 is plain LoRA, 16 is LoRA+")
         require(isinstance(self.expert, LoraConfig), "expert", type(self.expert).__name__, "a peft.LoraConfig")
         require(isinstance(self.expert.r, int) and self.expert.r >= 1, "expert.r", self.expert.r, "an integer >= 1")

@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 from .card import LABELLED, Origin, write_card
 from .cascade import LoRASC
+from .slow import compress
 
 
 def _require_finished(cascade: LoRASC) -> None:
@@ -46,13 +47,12 @@ def describe_export(cascade: LoRASC, out_dir: str | Path, tokenizer=None, figure
 
 def export_dense(cascade: LoRASC, out_dir: str | Path, tokenizer=None, dtype: torch.dtype | None = None, figures: dict | None = None) -> Path:
     """The merged model as a plain transformers checkpoint: same architecture and latency as the base;
-    every weight in `dtype` if given (e.g. a float32 head on a bfloat16 backbone). With its model card
-    (the run's `figures` in it, if given) and the tokenizer, if given."""
+    every weight in `dtype` if given (e.g. a float32 head on a bfloat16 backbone). From a quantized
+    backbone: deQ(W0_q) + S, dequantized, in `dtype` or the dtype it was loaded in, rounded once. With its
+    model card (the run's `figures` in it, if given) and the tokenizer, if given."""
     _require_finished(cascade)
     dense = copy.deepcopy(cascade.model).unload()  # the expert is zero between cycles: nothing left to merge
-    if dtype is not None:
-        dense.to(dtype)
-    dense.save_pretrained(out_dir)
+    cascade.backbone.materialized(dense, cascade.slow, dtype).save_pretrained(out_dir)
     return describe_export(cascade, out_dir, tokenizer, figures)
 
 
@@ -134,25 +134,6 @@ def export_stacked(cascade: LoRASC, out_dir: str | Path, tokenizer=None, figures
     factors = stacked_factors(cascade)
     _write_cascade_adapter(cascade, out_dir, factors, rank=next(iter(factors.values()))[0].shape[0])
     return describe_export(cascade, out_dir, tokenizer, figures)
-
-
-def compress(deltas: dict[str, torch.Tensor], rank: int) -> tuple[dict, dict[str, float]]:
-    """Rank-`rank` factors (A, B) of each delta by truncated SVD, and the relative Frobenius error
-    ‖Δ − Δ_k‖ / ‖Δ‖ of each."""
-    if rank < 1:
-        raise ValueError(f"rank={rank} is not allowed: an integer >= 1")
-    factors, errors = {}, {}
-    for name, delta in deltas.items():
-        u, s, vh = torch.linalg.svd(delta, full_matrices=False)
-        k = min(rank, s.numel())
-        root = s[:k].sqrt()
-        a = torch.zeros(rank, delta.shape[1])
-        b = torch.zeros(delta.shape[0], rank)
-        a[:k], b[:, :k] = root[:, None] * vh[:k], u[:, :k] * root
-        factors[name] = (a, b)
-        total = s.square().sum()
-        errors[name] = (s[k:].square().sum() / total).sqrt().item() if total > 0 else 0.0
-    return factors, errors
 
 
 def write_compression_report(out_dir: str | Path, rank: int, errors: dict[str, float]) -> None:

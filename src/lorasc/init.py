@@ -9,8 +9,9 @@
   cycle runs), so the model's outputs at the start of the cycle are unchanged, and the merged
   change is s·(B·A − B0·A0) = s·[B, −B0]·[A; A0].
 
-Every strategy offers: `start` (after PEFT's reset, under the cycle's seed), `offsets` (float32
-additions to the weights during the cycle), `factors` (the (A, B) whose s·B·A is the expert's
+Every strategy offers: `start` (after PEFT's reset, under the cycle's seed), `offsets` (additions to
+the weights during the cycle, as float32 low-rank factors (A, B) of B·A, so that a quantized backbone
+carries them beside its weights as it carries the slow state), `factors` (the (A, B) whose s·B·A is the expert's
 change), `end` (after the merge), and a state for checkpoints.
 """
 
@@ -22,9 +23,9 @@ from typing import Callable, Iterable
 import torch
 from peft import LoraGAConfig
 from peft.tuners.lora import Linear as LoraLinear
-from peft.utils.other import transpose
 
 Layers = dict[str, LoraLinear]
+Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]  # layer name -> (A, B) of the change B·A
 BatchSource = Callable[[], Iterable[dict]]
 
 
@@ -43,7 +44,7 @@ class KaimingInit:
         for name in sorted(layers):
             layers[name].reset_lora_parameters(adapter, init_lora_weights)
 
-    def offsets(self, layers: Layers, adapter: str) -> dict[str, torch.Tensor]:
+    def offsets(self, layers: Layers, adapter: str) -> Factors:
         return {}
 
     def factors(self, name: str, layer: LoraLinear, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,12 +118,9 @@ class GradientInit(KaimingInit):
                     p.data = p.data.to(dtype)
                 self.initial[name] = tuple(t.clone() for t in expert_weights(layer, adapter))
 
-    def offsets(self, layers: Layers, adapter: str) -> dict[str, torch.Tensor]:
-        """−s·B0·A0 per layer, in float32."""
-        return {
-            name: -layers[name].scaling[adapter] * transpose(b0.float() @ a0.float(), layers[name].fan_in_fan_out)
-            for name, (a0, b0) in self.initial.items()
-        }
+    def offsets(self, layers: Layers, adapter: str) -> Factors:
+        """−s·B0·A0 per layer, as the float32 factors (A0, −s·B0)."""
+        return {name: (a0.float(), -layers[name].scaling[adapter] * b0.float()) for name, (a0, b0) in self.initial.items()}
 
     def factors(self, name: str, layer: LoraLinear, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
         a, b = expert_weights(layer, adapter)

@@ -77,8 +77,9 @@ def slow_state_for(expert: LoraConfig) -> type[SlowState]:
 
 
 class LowRankSlow:
-    def __init__(self, history: list[Factors] | None = None):
+    def __init__(self, history: list[Factors] | None = None, compressions: list[dict[str, float]] | None = None):
         self.history = history or []  # per finished cycle: (c·A_t, c·B_t) per layer
+        self.compressions = compressions or []  # per truncation of the stack (`compressed`): relative error per layer
 
     def clean(self, name: str, layer: LoraLinear, pristine: torch.Tensor) -> torch.Tensor:
         if not self.history:
@@ -96,7 +97,18 @@ class LowRankSlow:
             c = math.sqrt(alpha * layer.scaling[expert.adapter])
             a, b = expert.factors(name)
             cycle[name] = (c * a.detach().float().cpu(), c * b.detach().float().cpu())
-        return LowRankSlow([*self.history, cycle])
+        return LowRankSlow([*self.history, cycle], self.compressions)
+
+    def stack(self, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(A_cat, B_cat) of one layer, B_cat·A_cat = S exactly; None before the first merge."""
+        return self._stacked(name) if self.history else None
+
+    def compressed(self, rank: int) -> LowRankSlow:
+        """S truncated by SVD to `rank` per layer: one stacked cycle, and the relative error recorded.
+        Not exact any more; `compressions` says by how much."""
+        deltas = {name: b @ a for name, (a, b) in self.stacked_factors().items()}
+        factors, errors = compress(deltas, rank)
+        return LowRankSlow([factors], [*self.compressions, errors])
 
     def reset_expert(self, layers: dict[str, LoraLinear], adapter: str) -> None:
         pass  # A and B are all there is
@@ -110,11 +122,30 @@ class LowRankSlow:
         return torch.cat([h[name][0] for h in self.history], 0), torch.cat([h[name][1] for h in self.history], 1)
 
     def state_dict(self) -> dict:
-        return {"history": self.history}
+        return {"history": self.history, "compressions": self.compressions}
 
     @classmethod
     def from_state(cls, state: dict) -> LowRankSlow:
-        return cls(list(state["history"]))
+        return cls(list(state["history"]), list(state.get("compressions", [])))  # absent before quantized backbones
+
+
+def compress(deltas: dict[str, torch.Tensor], rank: int) -> tuple[dict, dict[str, float]]:
+    """Rank-`rank` factors (A, B) of each delta by truncated SVD, and the relative Frobenius error
+    ‖Δ − Δ_k‖ / ‖Δ‖ of each."""
+    if rank < 1:
+        raise ValueError(f"rank={rank} is not allowed: an integer >= 1")
+    factors, errors = {}, {}
+    for name, delta in deltas.items():
+        u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+        k = min(rank, s.numel())
+        root = s[:k].sqrt()
+        a = torch.zeros(rank, delta.shape[1])
+        b = torch.zeros(delta.shape[0], rank)
+        a[:k], b[:, :k] = root[:, None] * vh[:k], u[:, :k] * root
+        factors[name] = (a, b)
+        total = s.square().sum()
+        errors[name] = (s[k:].square().sum() / total).sqrt().item() if total > 0 else 0.0
+    return factors, errors
 
 
 class DenseSlow:

@@ -1,0 +1,196 @@
+"""The cascade on bitsandbytes 4-bit and 8-bit backbones (quantized.py), on the CPU with a tiny Llama:
+the packed weights are never touched, and the model computes deQ(W0_q)·x + S·x exactly."""
+
+import copy
+
+import pytest
+import torch
+from conftest import expert, tiny_llama, token_batches, train_cascade
+
+bnb = pytest.importorskip("bitsandbytes")
+from peft import PeftModel  # noqa: E402
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig  # noqa: E402
+
+from lorasc import LoRASC, LoRASCConfig, export_dense, export_stacked  # noqa: E402
+from lorasc.quantized import is_quantized, keep_dequantize_path  # noqa: E402
+
+QUANTIZATIONS = {
+    "nf4": dict(load_in_4bit=True, bnb_4bit_quant_type="nf4"),
+    "nf4-double": dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True),
+    "fp4": dict(load_in_4bit=True, bnb_4bit_quant_type="fp4"),
+    "int8": dict(load_in_8bit=True),
+}
+TARGETS = ["q_proj", "v_proj"]
+ALPHA = 0.5
+
+
+@pytest.fixture(scope="module")
+def llama_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tiny_llama().save_pretrained(folder)
+    return folder
+
+
+def load_quantized(folder, kind="nf4"):
+    config = BitsAndBytesConfig(**QUANTIZATIONS[kind], bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=config, device_map="cpu", dtype=torch.float32)
+    keep_dequantize_path(model)
+    return model.train()  # bitsandbytes' int8 layers compute deQ(W)·x on the CPU in training mode only
+
+
+def quantized_config(**fields):
+    fields = {"num_cycles": 3, "slow_alpha": ALPHA, "noise_lambda": 0.0, "slow_budget": 100.0, **fields}
+    return LoRASCConfig(**fields, expert=expert(target_modules=TARGETS))
+
+
+def packed_state(model):
+    """Every quantized layer's packed data and quantization state, cloned."""
+    state = {}
+    for name, module in model.named_modules():
+        if is_quantized(module):
+            weight = module.weight
+            # bitsandbytes moves an int8 weight's scales into the layer's state at its first forward
+            scales = weight.SCB if getattr(weight, "SCB", None) is not None else getattr(module, "state", None) and module.state.SCB
+            quant = {"SCB": scales} if isinstance(module, bnb.nn.Linear8bitLt) else weight.quant_state.as_dict(packed=True)
+            state[name.removeprefix("base_model.model.").replace(".base_layer", "")] = {"data": weight.data.clone(), **{k: v.clone() for k, v in quant.items() if torch.is_tensor(v)}}
+    return state
+
+
+def with_deltas(model, deltas):
+    """`model` (a float model) with each `deltas` (module name -> S) added to its module's weight."""
+    with torch.no_grad():
+        for name, delta in deltas.items():
+            model.get_submodule(name).weight.add_(delta)
+    return model
+
+
+def run_recording_experts(cascade, batches):
+    """Train, recording each cycle's expert (A, B) just before the boundary merges it."""
+    experts = []
+
+    def record():
+        if cascade.steps + 1 in cascade.ends:
+            experts.append({n: (l.lora_A["default"].weight.detach().clone(), l.lora_B["default"].weight.detach().clone(),
+                                l.scaling["default"]) for n, l in cascade.layers.items()})
+
+    cascade.begin(len(batches))
+    train_cascade(cascade, cascade.optimizer(lr=1e-2), batches, before_step=record)
+    return experts
+
+
+def logits(model, batch):
+    with torch.no_grad():
+        return model(input_ids=batch["input_ids"]).logits
+
+
+@pytest.mark.parametrize("kind", list(QUANTIZATIONS))
+def test_the_quantized_cascade_is_exact_and_never_rewrites_the_weights(llama_folder, kind):
+    model = load_quantized(llama_folder, kind)
+    before = packed_state(model)
+    reference = copy.deepcopy(model).dequantize(dtype=torch.float32)  # every weight as loaded, dequantized
+    cascade = LoRASC(model, quantized_config())
+    experts = run_recording_experts(cascade, token_batches(9))
+    assert cascade.cycle == 3 and not cascade.in_cycle and len(experts) == 3
+
+    after = packed_state(model)
+    assert before.keys() == after.keys() and before
+    for name in before:
+        for key in before[name]:
+            assert torch.equal(before[name][key], after[name][key]), (name, key)
+
+    deltas = {name.removeprefix("base_model.model."): sum(ALPHA * s * b @ a for a, b, s in (e[name] for e in experts))
+              for name in cascade.layers}
+    dense = with_deltas(reference, deltas)
+    batch = token_batches(1, seed=7)[0]
+    assert (logits(cascade.model, batch) - logits(dense, batch)).abs().max() <= 1e-5
+
+
+def test_a_boundary_at_alpha_one_does_not_move_the_logits(llama_folder):
+    cascade = LoRASC(load_quantized(llama_folder), quantized_config(slow_alpha=1.0))
+    batches, probe = token_batches(6), token_batches(1, seed=7)[0]
+    cascade.begin(len(batches))
+    optimizer = cascade.optimizer(lr=1e-2)
+    jumps = []
+    for batch in batches:
+        cascade.model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        before = logits(cascade.model, probe)
+        if cascade.step(optimizer):
+            jumps.append((logits(cascade.model, probe) - before).abs().max().item())
+    assert len(jumps) == 3 and max(jumps) <= 1e-5
+
+
+def test_exports_from_a_quantized_backbone(llama_folder, tmp_path):
+    cascade = LoRASC(load_quantized(llama_folder), quantized_config())
+    run_recording_experts(cascade, token_batches(6))
+    probe = token_batches(1, seed=7)[0]
+    trained = logits(cascade.model, probe)
+
+    export_stacked(cascade, tmp_path / "adapter")  # the QLoRA deliverable, on a freshly loaded 4-bit backbone
+    loaded = PeftModel.from_pretrained(load_quantized(llama_folder), tmp_path / "adapter")
+    assert (logits(loaded, probe) - trained).abs().max() <= 1e-5
+
+    export_dense(cascade, tmp_path / "model")  # deQ(W0_q) + S, a plain float model
+    dense = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    assert not any(is_quantized(m) for m in dense.modules()) and getattr(dense.config, "quantization_config", None) is None
+    assert (logits(dense, probe) - trained).abs().max() <= 1e-5
+
+
+def test_resume_on_a_quantized_backbone_is_bitwise(llama_folder):
+    batches = token_batches(9)
+    whole = LoRASC(load_quantized(llama_folder), quantized_config())
+    run_recording_experts(whole, batches)
+
+    first = LoRASC(load_quantized(llama_folder), quantized_config())
+    first.begin(len(batches))
+    optimizer = first.optimizer(lr=1e-2)
+    train_cascade(first, optimizer, batches[:4])  # stops mid-cycle 2
+    state, trained = first.state_dict(), {n: p.detach().clone() for n, p in first.model.named_parameters() if p.requires_grad}
+    optimizer_state = copy.deepcopy(optimizer.state_dict())
+
+    resumed = LoRASC(load_quantized(llama_folder), quantized_config())
+    resumed.begin(len(batches))
+    optimizer = resumed.optimizer(lr=1e-2)
+    resumed.load_state_dict(state)
+    with torch.no_grad():
+        for n, p in resumed.model.named_parameters():
+            if p.requires_grad:
+                p.copy_(trained[n])
+    optimizer.load_state_dict(optimizer_state)
+    train_cascade(resumed, optimizer, batches[4:])
+    for (name, a), (_, b) in zip(whole.backbone.watched().items(), resumed.backbone.watched().items()):
+        assert torch.equal(a, b), name
+
+
+def test_the_stack_budget_stops_or_compresses(llama_folder):
+    with pytest.raises(ValueError, match=r"^slow_budget=0.5 is not allowed: .*slow_overflow='compress'"):
+        LoRASC(load_quantized(llama_folder), quantized_config(slow_budget=0.5)).begin(9)
+
+    # 1.5 × the 6144 packed bytes of the four adapted layers fit 5 ranks of 1792 float32 bytes each: the stack
+    # of rank 2 per cycle is truncated to 5 at the third and fourth boundaries
+    budget = 1.5
+    cascade = LoRASC(load_quantized(llama_folder), quantized_config(slow_budget=budget, slow_overflow="compress", num_cycles=4))
+    run_recording_experts(cascade, token_batches(8))
+    assert cascade.backbone.budget_rank == 5
+    ranks = {a.shape[0] for name, a in cascade.backbone.watched().items() if name.endswith(".A")}
+    assert ranks == {cascade.backbone.budget_rank}
+    errors = cascade.slow.compressions
+    assert len(errors) == 2 and all(0 < e < 1 for record in errors for e in record.values())
+
+
+@pytest.mark.parametrize("fields, fragment", [
+    (dict(noise_lambda=0.15), "noise_lambda=0.15 is not allowed: 0 on a quantized backbone"),
+    (dict(noise_targets="all", noise_lambda=0.0), "noise_targets='all' is not allowed"),
+    (dict(expert_init="gradient"), "expert_init='gradient' is not allowed"),
+])
+def test_what_a_quantized_backbone_cannot_carry_is_refused(llama_folder, fields, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        LoRASC(load_quantized(llama_folder), quantized_config(**fields))
+
+
+def test_dora_is_refused_on_a_quantized_backbone(llama_folder):
+    config = quantized_config()
+    config.expert.use_dora = True
+    with pytest.raises(ValueError, match="expert.use_dora=True is not allowed: False on a quantized backbone"):
+        LoRASC(load_quantized(llama_folder), config)
