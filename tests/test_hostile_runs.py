@@ -24,6 +24,7 @@ RESUME_FLAGS = {
     "data": (["--data", "other.csv"], ["--data other.csv changes this run's train_file='data.csv'"]),
     "expert rank": (["--expert-r", "4"], ["--expert-r 4 changes this run's expert.r=2"]),
     "seed": (["--seed", "3"], ["--seed 3 changes this run's seed=0"]),
+    "chat template": (["--chat-template", "none"], ["--chat-template none changes this run's chat_template='auto'"]),
     "config": (["--config", "x.yaml"], ["--config is not allowed with --resume", "drop --config"]),
 }
 

@@ -10,22 +10,24 @@ import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
 from peft import PeftModel
 
+from .chat import rendered, uses_chat_template
 from .data_files import Example
 from .run_config import RunConfig
 
 IGNORED = -100  # the label of tokens that carry no loss (prompt and padding)
 
 
-def encode(tokenizer, examples: list[Example], task: str, max_length: int) -> dict[str, torch.Tensor]:
+def encode(tokenizer, examples: list[Example], task: str, max_length: int, chat_template: str = "auto") -> dict[str, torch.Tensor]:
+    """A batch of examples; a causal LM's rendered as `chat_template` says (chat.py), cut to its last `max_length` tokens."""
     if task == "classification":
         batch = tokenizer([e.text for e in examples], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         batch["labels"] = torch.tensor([e.label for e in examples])
         return dict(batch)
     # causal LM: the loss and the metric are on the response tokens only
     ids, labels = [], []
+    chat = uses_chat_template(tokenizer, chat_template)
     for e in examples:
-        prompt = tokenizer(e.text, add_special_tokens=False)["input_ids"]
-        response = tokenizer(e.label, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        prompt, response = rendered(tokenizer, e, chat)
         ids.append((prompt + response)[-max_length:])
         labels.append(([IGNORED] * len(prompt) + response)[-max_length:])
     width = max(map(len, ids))

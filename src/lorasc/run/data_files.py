@@ -32,12 +32,14 @@ from pathlib import Path
 
 from .dataset_files import dataset_rows, is_saved_dataset
 from .errors import DataError, refuse_special_file
+from .messages import conversation, is_conversational
 
 
 @dataclass
 class Example:
     text: str
     label: int | str  # class index, or the response text for causal LM
+    context: tuple[tuple[str, str], ...] = ()  # causal LM: the (role, content) turns before the prompt (messages.py)
 
 
 BINARY_SIGNATURES = {b"\x1f\x8b": "gzip-compressed", b"PK\x03\x04": "a zip archive (an .xlsx or .zip?)", b"BZh": "bzip2-compressed",
@@ -50,11 +52,13 @@ def read_examples(path: str | Path, text_column: str, target_column: str, labels
                   encoding: str = "utf-8") -> tuple[list[Example], tuple[str, ...]]:
     """Rows of a data file (or saved dataset folder) as examples. With `labels=None` the class names are the distinct
     values of `target_column` (numbers in numeric order); with `labels=()` the target is kept as
-    text (causal LM)."""
+    text (causal LM), and rows with a `messages` column and no text column are conversations (messages.py)."""
     path = Path(path)
     rows = read_rows(path, encoding)
     if not rows:
         raise DataError(f"{path} has no rows; add examples with columns {text_column!r} and {target_column!r}")
+    if labels == () and is_conversational(rows[0][1], text_column):
+        return [Example(prompt, response, context) for prompt, response, context in (conversation(where, row) for where, row in rows)], ()
     missing = [c for c in (text_column, target_column) if c not in rows[0][1]]
     if missing:
         raise DataError(f"{path} has no column {missing[0]!r} (it has {sorted(rows[0][1])}); rename it or pass --text-column/--label-column")

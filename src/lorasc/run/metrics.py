@@ -39,7 +39,7 @@ def evaluate(model, tokenizer, examples: list[Example], run: RunConfig, num_clas
     device = next(model.parameters()).device
     total_loss, total_items, preds, golds, whole = 0.0, 0, [], [], []
     for i in range(0, len(examples), EVAL_BATCH):
-        batch = to_device(encode(tokenizer, examples[i : i + EVAL_BATCH], run.task, run.max_length), device)
+        batch = to_device(encode(tokenizer, examples[i : i + EVAL_BATCH], run.task, run.max_length, run.chat_template), device)
         with torch.autocast(device.type, dtype=run.torch_dtype, enabled=run.dtype != "float32"):
             loss, scored, labels = summed_loss(model, batch, run.task)
         kept, predicted = labels != IGNORED, scored.argmax(-1)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from ..config import LoRASCConfig
 from ..methods import METHODS
+from .chat import rendered, uses_chat_template
 from .datasets import TaskData, load_task
 from .errors import DataError
 from .model_files import check_max_length, empty_model, weight_shapes
-from .models import check_head, model_path
+from .models import check_head, load_tokenizer, model_path
 from .run_config import RunConfig
 
 
@@ -20,8 +21,17 @@ def check_run_inputs(run: RunConfig, config: LoRASCConfig) -> TaskData:
     check_max_length(path, run.max_length)
     if run.task == "classification":
         check_head(path, data.labels)
+    check_rendering(run, data)
     METHODS[run.method].check_inputs(config, empty_model(path, run.task), *run.steps(len(data.train)))
     return data
+
+
+def check_rendering(run: RunConfig, data: TaskData) -> None:
+    """A conversation of several turns renders only with a chat template (chat.py); the tokenizer is read only for one."""
+    longer = next((e for split in (data.train, data.val, data.test, data.ood) for e in split if e.context), None)
+    if longer is not None:
+        tokenizer = load_tokenizer(model_path(run))
+        rendered(tokenizer, longer, uses_chat_template(tokenizer, run.chat_template))
 
 
 def training_data(run: RunConfig) -> TaskData:

@@ -16,6 +16,7 @@ TASKS = ("classification", "causal-lm")  # the expert's PEFT task type follows t
 RUN_METHODS = tuple(METHODS)  # methods.py: the engine's presets, and full fine-tuning as the upper reference
 DEVICES = ("auto", "cpu", "cuda")
 REPORT_TO = ("none", "tensorboard", "wandb", "mlflow", "all")  # Accelerate's trackers; all: every one installed
+CHAT_TEMPLATES = ("auto", "none")  # chat.py: a causal LM's examples as chat turns when the tokenizer has a template, or plain text
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -40,6 +41,7 @@ class RunConfig:
     n_val: int = 0  # validation examples held out of the training pool (choices are made on them); 0: none
     split_seed: int | None = None  # draws the train/validation/test split; None: `seed` (a fixed split: set it)
     max_length: int = 64
+    chat_template: str = "auto"  # causal LM: "auto" renders examples with the tokenizer's chat template when it has one (chat.py)
     batch_size: int = 16
     grad_accum: int = 1
     epochs: float = 1.0
@@ -66,6 +68,7 @@ class RunConfig:
         require(self.device in DEVICES, "device", self.device, f"one of {DEVICES}")
         require(self.dtype in DTYPES, "dtype", self.dtype, f"one of {tuple(DTYPES)}")
         require(self.report_to in REPORT_TO, "report_to", self.report_to, f"one of {REPORT_TO}")
+        require(self.chat_template in CHAT_TEMPLATES, "chat_template", self.chat_template, f"one of {CHAT_TEMPLATES}")
         for name in ("batch_size", "max_length", "grad_accum"):
             require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
         require(self.grad_accum <= self.batch_size, "grad_accum", self.grad_accum, f"at most batch_size={self.batch_size} (each micro-batch needs an example)")

@@ -22,7 +22,7 @@ from .aliases import DERIVED, global_batch, layered, refuse_unimplemented, renam
 from .datasets import DATASETS
 from .errors import CliError, refuse_special_file
 from .models import default_targets, model_path
-from .run_config import DEVICES, DTYPES, REPORT_TO, RUN_METHODS, TASKS, RunConfig
+from .run_config import CHAT_TEMPLATES, DEVICES, DTYPES, REPORT_TO, RUN_METHODS, TASKS, RunConfig
 from .run_files import write_file
 
 # The main job's defaults: a 4-expert cascade over one epoch of 8,000 tweets (about 500 steps). The
@@ -35,9 +35,12 @@ FLAG_HELP = {"num_cycles": "the run cut into T equal cycles (default here: 4; th
              "save_total_limit": "how many checkpoints the run keeps, the newest (default 2)",
              "warmup_ratio": "warmup as a share of the run's steps, rounded up (as Trainer); set, it replaces --warmup-steps",
              "per_device_train_batch_size": "transformers' name: --batch-size (the global batch) is it × --grad-accum × the processes",
-             "bf16": "transformers' name: --dtype bfloat16", "fp16": "transformers' name: --dtype float16"}
+             "bf16": "transformers' name: --dtype bfloat16", "fp16": "transformers' name: --dtype float16",
+             "chat_template": "causal LM: auto renders a prompt and its response as a user and an assistant turn of the tokenizer's chat template "
+                              "when it has one, the loss on the assistant turn only (as TRL); none: plain text, the response then EOS"}
 CHOICES = {"method": RUN_METHODS, "task": TASKS, "dataset": DATASETS, "device": DEVICES, "dtype": tuple(DTYPES), "noise_kind": NOISE_KINDS,
-           "noise_targets": NOISE_TARGETS, "optimizer_state": OPTIMIZER_STATE_MODES, "expert_init": EXPERT_INITS, "report_to": REPORT_TO}
+           "noise_targets": NOISE_TARGETS, "optimizer_state": OPTIMIZER_STATE_MODES, "expert_init": EXPERT_INITS, "report_to": REPORT_TO,
+           "chat_template": CHAT_TEMPLATES}
 RUN_FIELDS = {f.name: CHOICES.get(f.name, f.type) for f in dataclasses.fields(RunConfig)}
 RUN_KINDS = {**RUN_FIELDS, **DERIVED}  # with the TrainingArguments names that set a run field by a rule (aliases.py)
 # The seed has one home, the run's: the cascade takes run.seed (see resolve).

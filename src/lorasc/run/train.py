@@ -99,7 +99,7 @@ def build_method(run: RunConfig, config: LoRASCConfig, model, tokenizer, data: T
 
     def upcoming_batches():  # LoRA-GA's estimate: the global batches the new expert trains on first, the same on every rank
         steps = range(trained.steps, trained.steps + config.gradient_batches)
-        return [to_device(encode(tokenizer, batch_at(s, data.train, run), run.task, run.max_length), accelerator.device) for s in steps]
+        return [to_device(encode(tokenizer, batch_at(s, data.train, run), run.task, run.max_length, run.chat_template), accelerator.device) for s in steps]
 
     trained = METHODS[run.method].build(model, config, grad_batches=upcoming_batches, check_replicas=accelerator.num_processes > 1)
     return trained
@@ -198,7 +198,8 @@ class Loop:
     def step(self) -> tuple[float, bool]:
         """One optimizer step on the global batch; returns its mean loss and whether a cycle ended."""
         started = time.perf_counter()
-        batch = encode(self.session.tokenizer, batch_at(self.cascade.steps, self.session.data.train, self.run), self.run.task, self.run.max_length)
+        batch = encode(self.session.tokenizer, batch_at(self.cascade.steps, self.session.data.train, self.run), self.run.task, self.run.max_length,
+                       self.run.chat_template)
         loss = torch.zeros((), device=self.accelerator.device)
         for micro, scale in micro_batches(batch, self.run, self.accelerator):
             with self.accelerator.accumulate(self.model):
