@@ -212,7 +212,8 @@ def train_spec(task: Task, regime: Regime, group: str, label: str, entry: Entry,
            "n_ood": task.n_ood, "split_seed": SPLIT_SEED, "epochs": regime.epochs, "lr": lr,
            "warmup_steps": max(1, math.floor(WARMUP_SHARE * regime.epochs * steps_per_epoch)),
            "eval_every": steps_per_epoch if regime.curve else 0, "checkpoint_every": 0, "seed": seed,
-           "max_grad_norm": 0.0}  # the published results were measured without gradient clipping (RunConfig's default clips at 1.0)
+           "max_grad_norm": 0.0,  # the published results were measured without gradient clipping (RunConfig's default clips at 1.0)
+           "chat_template": "none"}  # and the causal LM's on plain prompt + response + EOS, not SmolLM2-Instruct's chat template (the default)
     expert = {**task.expert, **entry.expert, **({"r": rank, "lora_alpha": LORA_SCALE * rank} if rank else {})}
     lorasc = {"num_cycles": regime.num_cycles, **entry.fields, "seed": seed, "expert": expert}
     return {"key": run_key(group, label, lr, seed), "kind": "train", "group": group, "label": label, "lr": lr, "seed": seed,
