@@ -2,6 +2,8 @@
 the packed weights are never touched, and the model computes deQ(W0_q)·x + S·x exactly."""
 
 import copy
+import json
+import warnings
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig  # noqa: E402
 
 from lorasc import LoRASC, LoRASCConfig, export_dense, export_stacked  # noqa: E402
 from lorasc.quantized import is_quantized, keep_dequantize_path  # noqa: E402
+from lorasc.requantize import export_requantized  # noqa: E402
 
 QUANTIZATIONS = {
     "nf4": dict(load_in_4bit=True, bnb_4bit_quant_type="nf4"),
@@ -194,3 +197,30 @@ def test_dora_is_refused_on_a_quantized_backbone(llama_folder):
     config.expert.use_dora = True
     with pytest.raises(ValueError, match="expert.use_dora=True is not allowed: False on a quantized backbone"):
         LoRASC(load_quantized(llama_folder), config)
+
+
+@pytest.mark.parametrize("scale, survives", [(0.005, False), (0.5, True)])
+def test_the_requantized_export_reports_what_survives(llama_folder, tmp_path, scale, survives):
+    """A delta far below half an NF4 code step (about 0.04 × a block's absmax) rounds back to the
+    codes; one of the size of the weights mostly survives."""
+    base = load_quantized(llama_folder)
+    dense = copy.deepcopy(base).dequantize(dtype=torch.float32)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name in ("model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.v_proj"):
+            weight = dense.get_submodule(name).weight
+            weight.add_(scale * weight.abs().max() * torch.randn(weight.shape, generator=gen).clamp(-1, 1))
+    dense.save_pretrained(tmp_path / "model")
+    config = BitsAndBytesConfig(**QUANTIZATIONS["nf4"], bnb_4bit_compute_dtype=torch.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fractions = export_requantized(tmp_path / "model", base, config, tmp_path / "requantized")
+    assert sorted(fractions) == ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.v_proj"]
+    report = json.loads((tmp_path / "requantized" / "requantization.json").read_text())
+    assert report["surviving_fraction"] == pytest.approx(fractions)
+    if survives:
+        assert min(fractions.values()) > 0.5 and not [w for w in caught if "erased" in str(w.message)]
+    else:
+        assert max(fractions.values()) < 0.1 and [w for w in caught if "most of what the cascade learned is erased" in str(w.message)]
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "requantized", device_map="cpu")
+    assert is_quantized(reloaded.get_submodule("model.layers.0.self_attn.q_proj"))
