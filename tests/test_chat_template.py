@@ -23,7 +23,7 @@ def chat_tokenizer():
 
 
 def test_the_loss_mask_covers_exactly_the_assistant_tokens_of_a_hand_checked_example():
-    batch = encode(chat_tokenizer(), [Example("w40 w41", "w50 w51")], "causal-lm", max_length=64)
+    batch = encode(chat_tokenizer(), [Example("w40 w41", "w50 w51")], "causal-lm", max_length=64, chat_template="auto")
     # w3 w40 w41 w5 | w4 w50 w51 w5: the user's turn and the assistant's marker carry no loss, its words and end of turn do
     assert batch["input_ids"].tolist() == [[3, 40, 41, 5, 4, 50, 51, 5]]
     assert batch["labels"].tolist() == [[IGNORED] * 5 + [50, 51, 5]]
@@ -32,7 +32,7 @@ def test_the_loss_mask_covers_exactly_the_assistant_tokens_of_a_hand_checked_exa
 
 def test_earlier_turns_are_part_of_the_prompt():
     examples = [Example("w40", "w50", (("system", "w60"),)), Example("w40 w41", "w50 w51")]
-    batch = encode(chat_tokenizer(), examples, "causal-lm", max_length=64)
+    batch = encode(chat_tokenizer(), examples, "causal-lm", max_length=64, chat_template="auto")
     assert batch["input_ids"].tolist() == [[6, 60, 5, 3, 40, 5, 4, 50, 5], [3, 40, 41, 5, 4, 50, 51, 5, 2]]  # w2: padding
     assert batch["labels"].tolist() == [[IGNORED] * 7 + [50, 5], [IGNORED] * 5 + [50, 51, 5, IGNORED]]
 
@@ -55,7 +55,7 @@ def test_the_mask_is_the_one_trls_sft_trainer_computes(tmp_path):
     trainer = SFTTrainer(model=tiny_llama(), args=SFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False), train_dataset=data,
                          processing_class=tokenizer)
     trl = trainer.train_dataset[0]
-    ours = encode(tokenizer, [Example("w40 w41", "w50 w51", (("system", "w60"),))], "causal-lm", max_length=64)
+    ours = encode(tokenizer, [Example("w40 w41", "w50 w51", (("system", "w60"),))], "causal-lm", max_length=64, chat_template="auto")
     assert ours["input_ids"][0].tolist() == trl["input_ids"]
     assert ours["labels"][0].tolist() == trl["labels"]
 
@@ -76,6 +76,16 @@ def test_messages_give_the_examples_of_the_same_prompt_response_data(tmp_path):
     longer = jsonl(tmp_path / "longer.jsonl", [{"messages": turns(("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello"), ("user", "Capital?"),
                                                                    ("assistant", "Paris"))}])
     assert read_examples(longer, "text", "label", ())[0] == [Example("Capital?", "Paris", (("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello")))]
+
+
+def test_messages_in_parquet_and_a_saved_dataset(tmp_path):
+    from datasets import Dataset
+
+    data = Dataset.from_list([{"messages": turns(("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello"))}])
+    data.to_parquet(tmp_path / "chats.parquet")
+    data.save_to_disk(tmp_path / "saved")
+    for path in (tmp_path / "chats.parquet", tmp_path / "saved"):
+        assert read_examples(path, "text", "label", ())[0] == [Example("Hi", "Hello", (("system", "Be brief."),))]
 
 
 CAUSAL_LM = ["--task", "causal-lm", "--n-test", "2", "--batch-size", "2", "--max-steps", "1", "--no-progress"]
@@ -117,8 +127,9 @@ def test_a_chat_template_that_is_not_a_choice_is_refused(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_chat_model_trains_and_evaluates_on_conversations(tmp_path):
-    """A tiny Llama whose tokenizer has a chat template, on multi-turn `messages` (the test split too: its evaluation
-    would be refused in plain text); config.yaml records the setting."""
+    """A tiny Llama whose tokenizer has a chat template, on multi-turn `messages`: plain text (encode's default) would
+    refuse them, so training and evaluation (of the held-out test rows) both render with the run's setting, which
+    config.yaml records."""
     folder = tmp_path / "llama"
     tiny_llama().save_pretrained(folder)
     chat_tokenizer().save_pretrained(folder)

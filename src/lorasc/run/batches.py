@@ -17,8 +17,9 @@ from .run_config import RunConfig
 IGNORED = -100  # the label of tokens that carry no loss (prompt and padding)
 
 
-def encode(tokenizer, examples: list[Example], task: str, max_length: int, chat_template: str = "auto") -> dict[str, torch.Tensor]:
-    """A batch of examples; a causal LM's rendered as `chat_template` says (chat.py), cut to its last `max_length` tokens."""
+def encode(tokenizer, examples: list[Example], task: str, max_length: int, chat_template: str = "none") -> dict[str, torch.Tensor]:
+    """A batch of examples; a causal LM's rendered as the run's `chat_template` says (chat.py; plain text unless
+    given), cut to its last `max_length` tokens."""
     if task == "classification":
         batch = tokenizer([e.text for e in examples], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         batch["labels"] = torch.tensor([e.label for e in examples])
