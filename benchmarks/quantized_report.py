@@ -1,0 +1,85 @@
+"""The "Quantized backbones" section of BENCHMARKS.md: results/quantized.json rendered through
+templates/quantized.md into results/quantized.md. The prose lives in the template; this module only
+formats numbers and picks fragments."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lorasc import LoRASCConfig
+
+from .report import fill, fragments
+
+TEMPLATE = "quantized.md"
+SECTION = "quantized.md"
+
+
+def percent(x: float) -> str:
+    return f"{100 * x:.2f} %"
+
+
+def size(x: float) -> str:
+    return f"{100 * x:g} %"
+
+
+def exact(x: float) -> str:
+    """A fraction near 1, with its distance from 1."""
+    return f"1 − {1 - x:.1e}" if x < 1 else f"1 + {x - 1:.1e}" if x > 1 else "1"
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def peft_cell(c: dict) -> str:
+    return f"{percent(c['kept'])} [{percent(c['layer_min'])}, {percent(c['layer_max'])}]"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(row) + " |" for row in rows)])
+
+
+def kept_table(r: dict) -> str:
+    header = ["cycle", *(f"{label}, experts of {size(k['size'])}" for k in r["kept"] for label in ("PEFT's merge into NF4", "carried stack"))]
+    cycles = len(r["kept"][0]["peft_merge"])
+    rows = [[str(t + 1), *(cell for k in r["kept"] for cell in (peft_cell(k["peft_merge"][t]), exact(k["carried"][t]["kept"])))]
+            for t in range(cycles)]
+    rows.append(["**median**", *(cell for k in r["kept"] for cell in (f"**{percent(k['peft_merge_median'])}**", f"**{exact(k['carried_median'])}**"))])
+    return markdown_table(header, rows)
+
+
+def cost_table(r: dict) -> str:
+    c = r["cost"]
+    header = ["stack rank R", "**LoRASC / QLoRA step time**", "analytic R·Σ(m+n) / Σ m·n", "stack bytes",
+              "stack / packed adapted NF4", "stack / whole NF4 model", "saved for backward, LoRASC / QLoRA"]
+    rows = [[rank, f"**{v['step_ratio']:.3f}**", f"{v['analytic_flop_ratio']:.3f}", mib(v["stack_bytes"]),
+             f"{v['stack_over_packed']:.3f}", f"{v['stack_over_footprint']:.3f}", f"{v['saved_bytes_ratio']:.3f}"]
+            for rank, v in c["ranks"].items()]
+    return markdown_table(header, rows)
+
+
+def render(r: dict) -> str:
+    main, parts = fragments(TEMPLATE)
+    s, c, env = r["setting"], r["cost"], r["environment"]
+    machine = fill(parts["machine"], device=r["device_name"], **{k: env[k] for k in ("torch", "transformers", "peft", "bitsandbytes")})
+    kept_line = " ".join(fill(parts["kept"], cycles=len(k["peft_merge"]), size=size(k["size"]), peft=percent(k["peft_merge_median"]),
+                              carried=exact(k["carried_median"])) for k in r["kept"])
+    unchanged = parts["unchanged" if all(k["carried_packed_unchanged"] for k in r["kept"]) else "changed"]
+    budget = LoRASCConfig().slow_budget
+    formulas = all(v["stack_bytes"] == v["stack_bytes_formula"] for v in c["ranks"].values())
+    return fill(main, machine=machine, model=r["model"], quantization=r["quantization"], layers=r["adapted_layers"], rank=s["rank"],
+                scaling=f"{s['lora_alpha'] / s['rank']:g}", cycles=s["cycles"], unchanged=unchanged, kept_table=kept_table(r),
+                kept_line=kept_line, cost_size=size(max(s["sizes"])), steps=s["steps"], batch=s["batch"], seq=s["seq"],
+                threads=s["threads"], warmup=s["warmup"], timed=c["timed_steps"], sum_in_out=f"{c['sum_in_out']:,}",
+                sum_weights=f"{c['sum_weights']:,}", formula_check="equal at every R" if formulas else "**not equal**",
+                packed=mib(c["packed_bytes"]), budget=f"{budget:g}",
+                budget_rank=int(budget * c["packed_bytes"] // (4 * c["sum_in_out"])), footprint=mib(c["footprint_bytes"]), cost_table=cost_table(r),
+                wall=f"{r['wall_s'] / 60:.0f} min", command=r["command"])
+
+
+def write_report(results_dir: Path) -> Path:
+    path = results_dir / SECTION
+    path.write_text(render(json.loads((results_dir / "quantized.json").read_text())))
+    return path
+
