@@ -25,6 +25,7 @@ RESUME_FLAGS = {
     "expert rank": (["--expert-r", "4"], ["--expert-r 4 changes this run's expert.r=2"]),
     "seed": (["--seed", "3"], ["--seed 3 changes this run's seed=0"]),
     "chat template": (["--chat-template", "none"], ["--chat-template none changes this run's chat_template='auto'"]),
+    "quantization": (["--quantize", "nf4"], ["--quantize nf4 changes this run's quantize=None"]),
     "config": (["--config", "x.yaml"], ["--config is not allowed with --resume", "drop --config"]),
 }
 

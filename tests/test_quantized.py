@@ -14,8 +14,9 @@ from peft import PeftModel  # noqa: E402
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig  # noqa: E402
 
 from lorasc import LoRASC, LoRASCConfig, export_dense, export_stacked  # noqa: E402
-from lorasc.quantized import is_quantized, keep_dequantize_path  # noqa: E402
-from lorasc.requantize import export_requantized  # noqa: E402
+from lorasc.quantized import dequantized, is_quantized, keep_dequantize_path  # noqa: E402
+from lorasc.requantize import export_requantized, surviving_fraction  # noqa: E402
+from lorasc.slow import NoStackedAdapter  # noqa: E402
 
 QUANTIZATIONS = {
     "nf4": dict(load_in_4bit=True, bnb_4bit_quant_type="nf4"),
@@ -67,7 +68,7 @@ def with_deltas(model, deltas):
     return model
 
 
-def run_recording_experts(cascade, batches):
+def run_recording_experts(cascade, batches, lr=1e-2):
     """Train, recording each cycle's expert (A, B) just before the boundary merges it."""
     experts = []
 
@@ -77,7 +78,7 @@ def run_recording_experts(cascade, batches):
                                 l.scaling["default"]) for n, l in cascade.layers.items()})
 
     cascade.begin(len(batches))
-    train_cascade(cascade, cascade.optimizer(lr=1e-2), batches, before_step=record)
+    train_cascade(cascade, cascade.optimizer(lr=lr), batches, before_step=record)
     return experts
 
 
@@ -167,7 +168,7 @@ def test_resume_on_a_quantized_backbone_is_bitwise(llama_folder):
 
 
 def test_the_stack_budget_stops_or_compresses(llama_folder):
-    with pytest.raises(ValueError, match=r"^slow_budget=0.5 is not allowed: .*slow_overflow='compress'"):
+    with pytest.raises(ValueError, match=r"^slow_budget=0.5 is not allowed: .*slow_overflow=compress"):
         LoRASC(load_quantized(llama_folder), quantized_config(slow_budget=0.5)).begin(9)
 
     # 1.5 × the 6144 packed bytes of the four adapted layers fit 5 ranks of 1792 float32 bytes each: the stack
@@ -224,3 +225,19 @@ def test_the_requantized_export_reports_what_survives(llama_folder, tmp_path, sc
         assert max(fractions.values()) < 0.1 and [w for w in caught if "most of what the cascade learned is erased" in str(w.message)]
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "requantized", device_map="cpu")
     assert is_quantized(reloaded.get_submodule("model.layers.0.self_attn.q_proj"))
+
+
+def test_the_requantizing_baseline_rounds_most_of_its_experts_away(llama_folder, tmp_path):
+    """quantized_merge='requantize' (the qrelora method) merges as the peers do, into the NF4 weights:
+    they change, and they keep a small part of the learned S, which has no exact adapter."""
+    cascade = LoRASC(load_quantized(llama_folder), quantized_config(quantized_merge="requantize"))
+    before = {name: dequantized(layer.get_base_layer()) for name, layer in cascade.layers.items()}
+    run_recording_experts(cascade, token_batches(9), lr=3e-4)  # experts of about 1 % of the weights, as in a real run
+    assert cascade.slow_step < 0.02
+    kept = [surviving_fraction(before[name], dequantized(layer.get_base_layer()), cascade.slow.delta(name, layer, before[name]))
+            for name, layer in cascade.layers.items()]
+    assert max(kept) < 0.5 and not cascade.backbone.watched()
+    with pytest.raises(NoStackedAdapter):
+        export_stacked(cascade, tmp_path / "adapter")
+    with pytest.raises(ValueError, match="quantized_merge='requantize' is not allowed: 'carry' on a float backbone"):
+        LoRASC(tiny_llama(), quantized_config(quantized_merge="requantize"))

@@ -101,7 +101,7 @@ class LoRASC:
         expert_ids = {id(p) for p in self.expert_params}
         self.head_params = {n: p for n, p in self.model.named_parameters() if p.requires_grad and id(p) not in expert_ids}
         self.backbone = backbone_for(config, self.model, *self._backbone_targets())
-        self.slow = slow_state_for(config.expert)()
+        self.slow = slow_state_for(config.expert, config.quantized_merge)()
         self.head = SlowHead(config.slow_alpha) if config.slow_head else KeepHead()
         self.cycle = 0  # index of the current (or last finished) cycle, 1-based
         self.steps = 0  # optimizer steps taken

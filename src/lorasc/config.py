@@ -13,6 +13,7 @@ from .noise import NOISE_KINDS
 NOISE_TARGETS = ("adapted", "all")
 OPTIMIZER_STATE_MODES = ("reset", "keep", "prune")
 SLOW_OVERFLOW_MODES = ("stop", "compress")  # quantized.py: when the carried stack outgrows slow_budget
+QUANTIZED_MERGES = ("carry", "requantize")  # quantized.py carries S beside 4-bit weights; requantize.py folds it in, as the peers do
 EXPERT_INITS = tuple(INIT_STRATEGIES)
 # Inits that PEFT's `reset_lora_parameters` redraws without touching the backbone. The others
 # (PiSSA, OLoRA, LoftQ, EVA, LoRA-GA, CorDA) rewrite the base weight when applied, so re-running
@@ -53,6 +54,7 @@ class LoRASCConfig:
     slow_head: bool = False
     slow_budget: float = 0.5  # quantized backbones: the carried stack's float32 bytes / the packed adapted weights' bytes
     slow_overflow: str = "stop"
+    quantized_merge: str = "carry"  # "requantize": the re-quantize-every-merge baseline (the qrelora method)
     seed: int = 0
     expert: LoraConfig = field(default_factory=lambda: LoraConfig(**DEFAULT_EXPERT))
 
@@ -83,6 +85,7 @@ class LoRASCConfig:
         )
         require(self.slow_budget > 0, "slow_budget", self.slow_budget,
                 "a float > 0: the carried stack's bytes as a share of the quantized adapted weights' bytes")
+        require(self.quantized_merge in QUANTIZED_MERGES, "quantized_merge", self.quantized_merge, f"one of {QUANTIZED_MERGES}")
         require(self.slow_overflow in SLOW_OVERFLOW_MODES, "slow_overflow", self.slow_overflow, f"one of {SLOW_OVERFLOW_MODES}")
         require(self.loraplus_lr_ratio > 0, "loraplus_lr_ratio", self.loraplus_lr_ratio, "a float > 0; 1 is plain LoRA, 16 is LoRA+")
         require(isinstance(self.expert, LoraConfig), "expert", type(self.expert).__name__, "a peft.LoraConfig")

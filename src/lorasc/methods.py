@@ -14,6 +14,8 @@ these and nothing else, so it has no per-method branch.
     cola        a chain of experts, α = 1, no noise (COLA)
     relora      COLA with a jagged re-warm-up after each merge (ReLoRA); the optimizer is reset as
                 by default in ReLoRA's code (its paper prunes: optimizer_state="prune", prune_ratio=0.99)
+    qrelora     ReLoRA as QLoRA users run it (axolotl): each merge re-quantized into the 4-bit weights, a
+                baseline for the exact quantized cascade (quantized.py); 4-bit backbones only
     noisytune   LoRA on a backbone perturbed once by λ (NoisyTune)
     lorasc      the cascade as configured (LoRASC)
     full        every weight trained: the upper reference, not a rival on the same budget
@@ -78,8 +80,11 @@ class Method:
         export_dense(trained, out_dir / "model", tokenizer, dtype)
 
     def describe(self, trained: LoRASC) -> dict:
+        """The total delta's mean effective rank; after the slow state was truncated to a quantized
+        backbone's budget, that the run is not exact and each truncation's relative error per layer."""
         ranks = delta_ranks(trained)
-        return {"delta_effective_rank": sum(ranks.values()) / len(ranks)}
+        compressed = {"exact": False, "slow_compressions": trained.slow.compressions} if trained.slow.compressions else {}
+        return {"delta_effective_rank": sum(ranks.values()) / len(ranks), **compressed}
 
 
 class FullFineTuning:
@@ -114,6 +119,7 @@ METHODS: dict[str, Method | FullFineTuning] = {
     "dora": Method(ONE_EXPERT, {"use_dora": True}),
     "cola": Method({**CHAIN, "rewarmup_steps": 0}),
     "relora": Method(CHAIN),  # the configured rewarmup_steps
+    "qrelora": Method({**CHAIN, "quantized_merge": "requantize"}),
     "noisytune": Method(ONE_EXPERT, perturb_once=True),
     "full": FullFineTuning(),
 }

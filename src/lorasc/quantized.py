@@ -23,6 +23,7 @@ inference path quantizes the activations too (LLM.int8()), on the CPU and on CUD
 
 from __future__ import annotations
 
+import math
 import sys
 
 import torch
@@ -130,13 +131,8 @@ class QuantizedBackbone:
     def check_plan(self, slow: LowRankSlow, added: dict[str, int]) -> None:
         """Refuse (overflow 'stop') a plan that adds `added` ranks per layer to `slow`'s stack past the budget."""
         ranks = {name: stack_rank(slow, name) + added.get(name, 0) for name in self.layers}
-        needed = self.stack_bytes(ranks)
-        if self.overflow == "stop" and needed > self.limit:
-            raise ValueError(
-                f"slow_budget={self.budget} is not allowed: the planned stack needs {needed / 2**20:.2f} MiB of float32 factors "
-                f"(rank up to {max(ranks.values())} per layer), more than {self.budget:g} × the {self.limit / self.budget / 2**20:.2f} MiB "
-                f"of quantized adapted weights; raise slow_budget to at least {needed * self.budget / self.limit:.2f}, "
-                "or set slow_overflow='compress' to truncate the stack by SVD (no longer exact)")
+        if self.overflow == "stop":
+            check_stack_budget(self.stack_bytes(ranks), self.limit / self.budget, self.budget, max(ranks.values()))
 
     def fitted(self, slow: LowRankSlow) -> LowRankSlow:
         """`slow`, truncated to the budget's rank when it does not fit and overflow is 'compress'."""
@@ -157,23 +153,81 @@ class QuantizedBackbone:
         return model.to(dtype)
 
 
+class RequantizingBackbone(QuantizedBackbone):
+    """`quantized_merge="requantize"`: the peers' merge, kept as a baseline (ReLoRA, PEFT's
+    `Linear4bit.merge`, axolotl): each finished cycle's α·s·B·A is added to deQ(W_q) and the sum
+    re-quantized into the 4-bit weight, so nothing is carried and most of a small expert rounds away.
+    A resume folds the finished cycles at once, which re-quantizes differently from one by one."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.folded = 0  # finished cycles already in the weights
+
+    def check_plan(self, slow: LowRankSlow, added: dict[str, int]) -> None:
+        """Nothing is carried: no budget."""
+
+    def fitted(self, slow: LowRankSlow) -> LowRankSlow:
+        return slow
+
+    @torch.no_grad()
+    def write(self, slow: LowRankSlow, noise_cycle: int | None = None, offsets: Factors | None = None) -> None:
+        for cycle in slow.history[self.folded:]:
+            for name, (a, b) in cycle.items():
+                requantize_into(self.layers[name].get_base_layer(), b @ a)
+        self.folded = max(self.folded, len(slow.history))
+        super().write(type(slow)(), noise_cycle, offsets)  # carry an init's offset only
+
+
+def requantize_into(module: torch.nn.Module, delta: torch.Tensor) -> None:
+    """W_q ← Q(deQ(W_q) + delta) for a 4-bit layer, with its own quantization settings."""
+    from bitsandbytes.functional import quantize_4bit
+
+    weight, state = module.weight, module.weight.quant_state
+    summed = (dequantized(module) + delta.to(weight.device)).to(state.dtype)
+    weight.data, weight.quant_state = quantize_4bit(summed, blocksize=state.blocksize, compress_statistics=state.nested,
+                                                    quant_type=state.quant_type, quant_storage=weight.quant_storage)
+
+
+def check_stack_budget(needed: int, packed: int, budget: float, rank: int) -> None:
+    """Refuse a stack of `needed` float32 bytes (rank up to `rank`) past `budget` × the `packed` bytes of
+    the quantized adapted weights."""
+    if needed > budget * packed:
+        raise ValueError(
+            f"slow_budget={budget} is not allowed: the planned stack needs {needed / 2**20:.2f} MiB of float32 factors "
+            f"(rank up to {rank} per layer), more than {budget:g} × the {packed / 2**20:.2f} MiB of quantized adapted weights; "
+            f"raise slow_budget to at least {math.ceil(100 * needed / packed) / 100:.2f}, "
+            "or set slow_overflow=compress to truncate the stack by SVD (no longer exact)")
+
+
+def check_quantizable(config: LoRASCConfig) -> None:
+    """Refuse the settings whose slow state a quantized backbone, never rewritten, cannot carry."""
+    on = "on a quantized backbone, whose weights are never rewritten"
+    require(config.noise_lambda == 0, "noise_lambda", config.noise_lambda, f"0 {on} (the noise would rewrite them); pass noise_lambda=0")
+    require(config.noise_targets == "adapted", "noise_targets", config.noise_targets, f"'adapted' {on}; pass noise_targets=adapted")
+    require(not config.expert.use_dora, "expert.use_dora", True,
+            f"False {on}: a DoRA merge is full-rank, its slow state a float32 master larger than the quantized weights; drop expert.use_dora")
+    require(config.expert_init != "gradient", "expert_init", config.expert_init,
+            f"'kaiming' or 'orthogonal' {on}: PEFT's LoRA-GA writes into the weight; pass expert_init=kaiming")
+
+
 def backbone_for(config: LoRASCConfig, model: torch.nn.Module, params: dict[str, torch.nn.Parameter],
                  layers: dict[str, LoraLayer], layer_of: dict[str, str]) -> Backbone | QuantizedBackbone:
     """What carries the cascade's writes in `model`: its float weights, rewritten, or its quantized ones, never rewritten."""
     quantized = sorted(name for name, layer in layers.items() if is_quantized(layer.get_base_layer()))
     if not quantized:
+        require(config.quantized_merge == "carry", "quantized_merge", config.quantized_merge,
+                "'carry' on a float backbone, whose merges are exact; load the model quantized (BitsAndBytesConfig) to compare")
         return Backbone(params, layers, layer_of, config.noise_lambda, config.noise_kind, config.seed)
     float_layers = sorted(set(layers) - set(quantized))
     require(not float_layers, "expert.target_modules", config.expert.target_modules,
             f"layers that are all quantized or all float; {float_layers[:2]} are float, {quantized[:2]} quantized")
-    why = "on a quantized backbone, whose weights are never rewritten"
-    require(config.noise_lambda == 0, "noise_lambda", config.noise_lambda, f"0 {why} (the noise would rewrite them)")
-    require(config.noise_targets == "adapted", "noise_targets", config.noise_targets, f"'adapted' {why}")
-    require(not config.expert.use_dora, "expert.use_dora", True,
-            f"False {why}: a DoRA merge is full-rank, its slow state a float32 master larger than the quantized weights")
-    require(config.expert_init != "gradient", "expert_init", config.expert_init,
-            f"'kaiming' or 'orthogonal' {why}: PEFT's LoRA-GA casts its factors to the weight's dtype and writes into it")
+    check_quantizable(config)
     keep_dequantize_path(model)
+    if config.quantized_merge == "requantize":
+        eight_bit = [name for name in quantized if not hasattr(layers[name].get_base_layer().weight, "quant_state")]
+        require(not eight_bit, "quantized_merge", config.quantized_merge, f"'carry' on 8-bit layers such as {eight_bit[0] if eight_bit else ''} "
+                "(the re-quantizing baseline is for 4-bit backbones)")
+        return RequantizingBackbone(layers, layer_of, config.slow_budget, config.slow_overflow)
     return QuantizedBackbone(layers, layer_of, config.slow_budget, config.slow_overflow)
 
 

@@ -4,6 +4,7 @@ One kind per expert variant, chosen by `slow_state_for` as PEFT picks a LoRA var
 implements `SlowState`, and the cascade, the exports and the methods call nothing else:
 - LowRankSlow (LoRA, rsLoRA): S = Σ_t α·s·B_t·A_t kept as stacked factors (c·A_t, c·B_t) with
   c = √(α·s), on the host. The same factors are the exact stacked adapter (export.py).
+- FoldedSlow: S folded into quantized weights by re-quantizing at each merge (a baseline, requantize.py).
 - DenseSlow (DoRA): the merge W ← W + α·(Merge(W, expert) − W) rescales whole columns, so S is not
   low-rank; the clean weight is kept as a float32 master on the host (4 bytes per adapted weight).
 
@@ -48,6 +49,8 @@ class FinishedExpert:
 
 
 class SlowState(Protocol):
+    compressions: list[dict[str, float]]  # per truncation of S (a quantized backbone's budget): relative error per layer; empty: exact
+
     def clean(self, name: str, layer: LoraLinear, pristine: torch.Tensor) -> torch.Tensor:
         """W0 + S of one layer in float32 on `pristine`'s device; `pristine` (W0 in float32, a new
         tensor) may be modified and returned."""
@@ -72,7 +75,9 @@ class SlowState(Protocol):
     def from_state(cls, state: dict) -> SlowState: ...
 
 
-def slow_state_for(expert: LoraConfig) -> type[SlowState]:
+def slow_state_for(expert: LoraConfig, quantized_merge: str) -> type[SlowState]:
+    if quantized_merge == "requantize":
+        return FoldedSlow
     return DenseSlow if expert.use_dora else LowRankSlow
 
 
@@ -97,7 +102,7 @@ class LowRankSlow:
             c = math.sqrt(alpha * layer.scaling[expert.adapter])
             a, b = expert.factors(name)
             cycle[name] = (c * a.detach().float().cpu(), c * b.detach().float().cpu())
-        return LowRankSlow([*self.history, cycle], self.compressions)
+        return type(self)([*self.history, cycle], self.compressions)
 
     def stack(self, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(A_cat, B_cat) of one layer, B_cat·A_cat = S exactly; None before the first merge."""
@@ -129,6 +134,22 @@ class LowRankSlow:
         return cls(list(state["history"]), list(state.get("compressions", [])))  # absent before quantized backbones
 
 
+class FoldedSlow(LowRankSlow):
+    """`quantized_merge="requantize"`, the peers' way on a quantized backbone (requantize.py): each merge is
+    folded into the quantized weights, whose dequantized value then holds what survived of S. The
+    factors are kept to say what was learned (`delta`), not to rebuild the weights."""
+
+    def clean(self, name: str, layer: LoraLinear, pristine: torch.Tensor) -> torch.Tensor:
+        return pristine
+
+    def delta(self, name: str, layer: LoraLinear, pristine: torch.Tensor) -> torch.Tensor:
+        return LowRankSlow.clean(self, name, layer, torch.zeros_like(pristine))
+
+    def stacked_factors(self) -> Factors:
+        raise NoStackedAdapter("quantized_merge='requantize' has no exact stacked adapter: each merge was re-quantized into the "
+                               "weights; export the dense model")
+
+
 def compress(deltas: dict[str, torch.Tensor], rank: int) -> tuple[dict, dict[str, float]]:
     """Rank-`rank` factors (A, B) of each delta by truncated SVD, and the relative Frobenius error
     ‖Δ − Δ_k‖ / ‖Δ‖ of each."""
@@ -151,6 +172,7 @@ def compress(deltas: dict[str, torch.Tensor], rank: int) -> tuple[dict, dict[str
 class DenseSlow:
     def __init__(self, masters: dict[str, torch.Tensor] | None = None):
         self.masters = masters or {}  # layer name -> clean weight in float32; absent: still W0
+        self.compressions: list[dict[str, float]] = []  # never truncated
 
     def clean(self, name: str, layer: LoraLinear, pristine: torch.Tensor) -> torch.Tensor:
         master = self.masters.get(name)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import errno
 import json
 import logging
@@ -24,13 +23,12 @@ from typing import TYPE_CHECKING
 from safetensors import SafetensorError
 
 from ..config import LoRASCConfig
-from ..targets import adapted_shapes, check_rank, task_type_of
 from .checkpoint import disk_full
 from .errors import CliError
-from .model_files import empty_model
-from .run_config import RUN_METHODS, TASKS, RunConfig
-from .run_files import replacing, write_file
-from .run_folder import (abridged, check_base_unchanged, check_data_unchanged, check_export_folder, check_output_dir, check_resumable,
+from .export_run import command_export
+from .run_config import QUANTIZE, RUN_METHODS, TASKS, RunConfig
+from .run_files import write_file
+from .run_folder import (abridged, check_data_unchanged, check_output_dir, check_resumable,
                          finished_run, missing_folders, remove_unstarted, run_lock, write_data_digests)
 from .aliases import DERIVED, REFUSED, flag_spellings
 from .settings import EXPERT_FLAGS, FLAG_HELP, LORASC_FIELDS, RUN_FLAGS, in_flags, output_dir, resolve, write_config
@@ -67,7 +65,7 @@ def _add_flags(parser: argparse.ArgumentParser, fields: dict, prefix: str = "") 
         if kind == "bool":
             parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **common)
         elif isinstance(kind, tuple):
-            parser.add_argument(*flags, choices=kind, **common)
+            parser.add_argument(*flags, choices=["none" if c is None else c for c in kind], **common)
         elif kind == "list":
             parser.add_argument(*flags, nargs="+", **common)
         else:
@@ -96,10 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="re-evaluate the dense model of a finished run")
     evaluate.add_argument("run", type=Path)
 
-    export = commands.add_parser("export", help="write a compressed adapter of a finished run")
+    export = commands.add_parser("export", help="write a compressed adapter, or a re-quantized model, of a finished run")
     export.add_argument("run", type=Path)
-    export.add_argument("--rank", type=int, required=True)
-    export.add_argument("--output", type=Path, default=None, help="default: RUN/adapter-rK")
+    kind = export.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--rank", type=int, help="a compressed adapter of this rank, by SVD of each layer's total delta")
+    kind.add_argument("--requantize", choices=QUANTIZE, help="the dense model quantized again by bitsandbytes, with the share of "
+                      "the learned delta that survives, per layer (requantization.json); the exact exports stay the adapter and model")
+    export.add_argument("--output", type=Path, default=None, help="default: RUN/adapter-rK, or RUN/model-TYPE with --requantize")
     for command in (train, evaluate, export):
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return parser
@@ -171,53 +172,20 @@ def summary_table(metrics: dict) -> str:
 
 
 def command_eval(args: argparse.Namespace) -> int:
+    import torch
+
     from .datasets import load_task
     from .metrics import evaluate
-    from .models import load_model
+    from .models import dense_run, load_model
 
     run, _ = finished_run(args.run)
     data = load_task(run)
-    model, tokenizer = load_model(dataclasses.replace(run, model=str(args.run / "model")), data.labels)
+    model, tokenizer = load_model(dense_run(run, args.run), data.labels, torch.device("cpu"))
     results = {split: evaluate(model, tokenizer, examples, run, len(data.labels)) for split, examples in (("test", data.test), ("ood", data.ood))}
     write_file(args.run / "eval.json", json.dumps(results, indent=2))
     for split, m in results.items():
         if m:
             print(f"{split:<5} " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
-    return 0
-
-
-def command_export(args: argparse.Namespace) -> int:
-    from ..card import write_card
-    from ..export import export_compressed_between
-    from ..methods import METHODS
-    from .datasets import load_task
-    from .finish import run_figures, run_origin
-    from .models import load_model
-
-    run, config = finished_run(args.run)
-    if args.rank < 1:
-        raise CliError(f"--rank {args.rank} is not allowed: an integer >= 1")
-    check_rank(adapted_shapes(empty_model(args.run / "model", run.task), config.expert), args.rank, "rank")
-    out = args.output or args.run / f"adapter-r{args.rank}"
-    check_export_folder(out)
-    check_base_unchanged(args.run, run)
-    run = dataclasses.replace(run, dtype="float32")  # the delta of low-precision weights is exact in float32
-    labels = load_task(run).labels
-    tuned, tokenizer = load_model(dataclasses.replace(run, model=str(args.run / "model")), labels)
-    base = load_model(run, labels)[0]
-    expert = dataclasses.replace(config.expert, r=args.rank, use_dora=False, task_type=task_type_of(tuned))
-    metrics = json.loads((args.run / "metrics.json").read_text(encoding="utf-8"))  # finished_run checked it
-    cycles = metrics.get("cycles") if isinstance(metrics.get("cycles"), int) else None
-    origin = run_origin(run, METHODS[run.method].config(config), labels, cycles)
-    try:
-        with replacing(out) as folder:  # a kill or a full disk leaves no half-written export
-            errors = export_compressed_between(tuned, base, expert, folder, args.rank)
-            tokenizer.save_pretrained(folder)
-            write_card(folder, origin, run_figures(metrics), name=out.name)
-    except (OSError, RuntimeError, SafetensorError) as err:
-        raise disk_full(err, out) or err
-    mean = sum(errors.values()) / len(errors)
-    print(f"wrote {out}: rank {args.rank}, relative reconstruction error mean {mean:.4f}, max {max(errors.values()):.4f} (per layer in compression.json)")
     return 0
 
 
@@ -235,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        warnings.filterwarnings("ignore", module="peft|transformers")
+        warnings.filterwarnings("ignore", module="peft|transformers|accelerate|bitsandbytes")
     commands = {"train": command_train, "eval": command_eval, "export": command_export}
     try:
         return commands[args.command](args)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
@@ -11,6 +13,7 @@ from ..targets import default_target_modules
 from .assets import resolve_model
 from .errors import ModelError
 from .model_files import read_model_config, weight_shapes
+from .quantize import quantization_config
 from .run_config import RunConfig
 
 
@@ -18,21 +21,28 @@ def model_path(run: RunConfig) -> str:
     return resolve_model(run.model)
 
 
-def load_model(run: RunConfig, labels: tuple[str, ...]):
-    """The base model in the run's dtype (a new classifier head seeded by the run's seed), and its tokenizer."""
+def load_model(run: RunConfig, labels: tuple[str, ...], device: torch.device):
+    """The base model in the run's dtype (a new classifier head seeded by the run's seed), and its tokenizer;
+    with --quantize, in 4 or 8 bits, loaded straight onto `device` (bitsandbytes quantizes while it loads)."""
     path = model_path(run)
     weight_shapes(path)  # refuses a damaged folder before transformers reads it
     tokenizer = load_tokenizer(path)
     torch.manual_seed(run.seed)  # the new head's initialisation
+    quantized = {} if run.quantize is None else {"quantization_config": quantization_config(run), "device_map": {"": device}}
     if run.task == "causal-lm":
-        return from_pretrained(AutoModelForCausalLM, path, dtype=run.torch_dtype), tokenizer
+        return from_pretrained(AutoModelForCausalLM, path, dtype=run.torch_dtype, **quantized), tokenizer
     check_head(path, labels)
     note_relabelled_head(path, labels)
     model = from_pretrained(AutoModelForSequenceClassification, path, num_labels=len(labels), id2label=dict(enumerate(labels)),
-                            label2id={l: i for i, l in enumerate(labels)}, dtype=run.torch_dtype)
+                            label2id={l: i for i, l in enumerate(labels)}, dtype=run.torch_dtype, **quantized)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def dense_run(run: RunConfig, run_dir: Path) -> RunConfig:
+    """The settings that load a finished run's dense model: RUN/model, in float (never quantized)."""
+    return dataclasses.replace(run, model=str(run_dir / "model"), quantize=None, quantize_double_quant=False, compute_dtype=None)
 
 
 def from_pretrained(auto_class, path: str, **settings):

@@ -9,6 +9,7 @@ from .datasets import TaskData, load_task
 from .errors import DataError
 from .model_files import check_max_length, empty_model, weight_shapes
 from .models import check_head, load_tokenizer, model_path
+from .quantize import check_quantized_run
 from .run_config import RunConfig
 
 
@@ -23,6 +24,7 @@ def check_run_inputs(run: RunConfig, config: LoRASCConfig) -> TaskData:
         check_head(path, data.labels)
     check_rendering(run, data)
     METHODS[run.method].check_inputs(config, empty_model(path, run.task), *run.steps(len(data.train)))
+    check_quantized_run(run, config, empty_model(path, run.task), *run.steps(len(data.train)))
     return data
 
 

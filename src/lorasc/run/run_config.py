@@ -18,6 +18,7 @@ DEVICES = ("auto", "cpu", "cuda")
 REPORT_TO = ("none", "tensorboard", "wandb", "mlflow", "all")  # Accelerate's trackers; all: every one installed
 CHAT_TEMPLATES = ("auto", "none")  # chat.py: a causal LM's examples as chat turns when the tokenizer has a template, or plain text
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+QUANTIZE = ("nf4", "fp4", "int8")  # bitsandbytes' 4-bit NormalFloat, 4-bit float, and LLM.int8() (quantize.py)
 
 
 @dataclass
@@ -53,6 +54,9 @@ class RunConfig:
     max_grad_norm: float | None = 1.0  # the trainable parameters' global gradient norm is clipped to it (Trainer's default); 0 or None: no clipping
     device: str = "auto"  # auto: CUDA when present
     dtype: str = "float32"  # the frozen backbone's dtype; trainable weights stay float32 under autocast
+    quantize: str | None = None  # the backbone loaded in 4 or 8 bits by bitsandbytes and never rewritten (quantized.py)
+    quantize_double_quant: bool = False  # 4-bit: quantize the quantization constants too (QLoRA's double quantization)
+    compute_dtype: str | None = None  # 4-bit: the dtype the quantized layers compute in; None: `dtype`
     gradient_checkpointing: bool = False
     eval_every: int = 0  # also evaluated at every cycle end; 0: only there
     log_every: int = 10
@@ -67,6 +71,11 @@ class RunConfig:
         require(self.dataset in DATASETS, "dataset", self.dataset, f"one of {DATASETS}")
         require(self.device in DEVICES, "device", self.device, f"one of {DEVICES}")
         require(self.dtype in DTYPES, "dtype", self.dtype, f"one of {tuple(DTYPES)}")
+        require(self.quantize is None or self.quantize in QUANTIZE, "quantize", self.quantize, f"None or one of {QUANTIZE}")
+        require(self.compute_dtype is None or self.compute_dtype in DTYPES, "compute_dtype", self.compute_dtype, f"None or one of {tuple(DTYPES)}")
+        for name in ("quantize_double_quant", "compute_dtype"):
+            require(self.quantize not in (None, "int8") or getattr(self, name) in (None, False), name, getattr(self, name),
+                    f"unset without a 4-bit --quantize (it is {self.quantize}); pass --quantize nf4 or fp4")
         require(self.report_to in REPORT_TO, "report_to", self.report_to, f"one of {REPORT_TO}")
         require(self.chat_template in CHAT_TEMPLATES, "chat_template", self.chat_template, f"one of {CHAT_TEMPLATES}")
         for name in ("batch_size", "max_length", "grad_accum"):

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import yaml
 
-from ..config import DEFAULT_EXPERT, EXPERT_FIELDS, EXPERT_INITS, NOISE_KINDS, NOISE_TARGETS, OPTIMIZER_STATE_MODES, LoRASCConfig, require
+from ..config import (DEFAULT_EXPERT, EXPERT_FIELDS, EXPERT_INITS, NOISE_KINDS, NOISE_TARGETS, OPTIMIZER_STATE_MODES, SLOW_OVERFLOW_MODES,
+                      LoRASCConfig, require)
 from ..targets import peft_targets
 from .aliases import DERIVED, global_batch, layered, refuse_unimplemented, renamed
 from .datasets import DATASETS
 from .errors import CliError, refuse_special_file
 from .models import default_targets, model_path
-from .run_config import CHAT_TEMPLATES, DEVICES, DTYPES, REPORT_TO, RUN_METHODS, TASKS, RunConfig
+from .run_config import CHAT_TEMPLATES, DEVICES, DTYPES, QUANTIZE, REPORT_TO, RUN_METHODS, TASKS, RunConfig
 from .run_files import write_file
 
 # The main job's defaults: a 4-expert cascade over one epoch of 8,000 tweets (about 500 steps). The
@@ -37,10 +38,17 @@ FLAG_HELP = {"num_cycles": "the run cut into T equal cycles (default here: 4; th
              "per_device_train_batch_size": "transformers' name: --batch-size (the global batch) is it × --grad-accum × the processes",
              "bf16": "transformers' name: --dtype bfloat16", "fp16": "transformers' name: --dtype float16",
              "chat_template": "causal LM: auto renders a prompt and its response as a user and an assistant turn of the tokenizer's chat template "
-                              "when it has one, the loss on the assistant turn only (as TRL); none: plain text, the response then EOS"}
+                              "when it has one, the loss on the assistant turn only (as TRL); none: plain text, the response then EOS",
+             "quantize": "load the backbone in 4 bits (nf4, fp4) or 8 bits (int8) with bitsandbytes (pip install 'lorasc[qlora]'); "
+                         "its weights are never rewritten: the cascade is carried beside them, exactly (needs --noise-lambda 0)",
+             "quantize_double_quant": "4-bit: quantize the quantization constants too (QLoRA's double quantization)",
+             "compute_dtype": "4-bit: the dtype the quantized layers compute in (default: --dtype)",
+             "slow_budget": "--quantize: the carried stack's float32 bytes at most this share of the quantized adapted weights' (default 0.5)",
+             "slow_overflow": "--quantize: past --slow-budget, stop before training (default), or compress: truncate the stack by SVD, "
+                              "no longer exact (the error per layer goes to metrics.json)"}
 CHOICES = {"method": RUN_METHODS, "task": TASKS, "dataset": DATASETS, "device": DEVICES, "dtype": tuple(DTYPES), "noise_kind": NOISE_KINDS,
            "noise_targets": NOISE_TARGETS, "optimizer_state": OPTIMIZER_STATE_MODES, "expert_init": EXPERT_INITS, "report_to": REPORT_TO,
-           "chat_template": CHAT_TEMPLATES}
+           "chat_template": CHAT_TEMPLATES, "quantize": (None, *QUANTIZE), "compute_dtype": (None, *DTYPES), "slow_overflow": SLOW_OVERFLOW_MODES}
 RUN_FIELDS = {f.name: CHOICES.get(f.name, f.type) for f in dataclasses.fields(RunConfig)}
 RUN_KINDS = {**RUN_FIELDS, **DERIVED}  # with the TrainingArguments names that set a run field by a rule (aliases.py)
 # The seed has one home, the run's: the cascade takes run.seed (see resolve).
@@ -186,7 +194,8 @@ def typed(where: str, values: dict, kinds: dict, nested: set = frozenset()) -> d
 
 def coerce(name: str, value, kind):
     """`value` (a flag's text, or what a config file holds) as the field's type."""
-    if isinstance(kind, tuple):
+    if isinstance(kind, tuple):  # choices; None among them is also spelled "none"
+        value = None if None in kind and isinstance(value, str) and value.lower() == "none" else value
         require(value in kind, name, value, f"one of {kind}")
         return value
     if value is None or (isinstance(value, str) and value.lower() == "none"):

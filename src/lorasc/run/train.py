@@ -80,7 +80,7 @@ class Session:
 
 def build(run: RunConfig, config: LoRASCConfig, accelerator: Accelerator, data: TaskData | None = None) -> Session:
     data = training_data(run) if data is None else data
-    model, tokenizer = load_model(run, data.labels)
+    model, tokenizer = load_model(run, data.labels, accelerator.device)
     if run.gradient_checkpointing:
         model.config.use_cache = False
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
