@@ -95,6 +95,8 @@ def test_the_quantized_cascade_is_exact_and_never_rewrites_the_weights(llama_fol
     cascade = LoRASC(model, quantized_config())
     experts = run_recording_experts(cascade, token_batches(9))
     assert cascade.cycle == 3 and not cascade.in_cycle and len(experts) == 3
+    watched = list(cascade.watched_tensors())  # what the DDP replica check compares: the stack, the expert
+    assert sum(name.endswith((".lorasc_stack.A", ".lorasc_stack.B")) for name in watched) == 2 * len(cascade.layers)
 
     after = packed_state(model)
     assert before.keys() == after.keys() and before

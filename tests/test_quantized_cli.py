@@ -97,3 +97,17 @@ def test_a_stack_past_its_budget_is_compressed_on_request_and_reported(tmp_path)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["exact"] is False and metrics["slow_compressions"]
     assert all(0 < error < 1 for record in metrics["slow_compressions"] for error in record.values())
+
+
+def test_two_processes_on_a_4bit_backbone_give_the_weights_of_one(minilm_without_dropout, tmp_path):
+    """DDP over the same frozen NF4 weights, the replica check covering the carried stack: bitwise the
+    run of one process that cuts each batch into the same two halves (as in test_distributed.py)."""
+    common = [*QUANTIZED, "--model", minilm_without_dropout, "--max-steps", "4", "--num-cycles", "2", *SMALL]
+    two, one = tmp_path / "two", tmp_path / "one"
+    trained = run_cli("train", "--output-dir", two, *common, processes=2)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert run_cli("train", "--output-dir", one, "--grad-accum", "2", *common).returncode == 0
+    assert json.loads((two / "metrics.json").read_text())["processes"] == 2
+    for export in ("adapter/adapter_model.safetensors", "model/model.safetensors"):
+        left, right = load_file(two / export), load_file(one / export)
+        assert left.keys() == right.keys() and all(torch.equal(left[name], right[name]) for name in left), export
