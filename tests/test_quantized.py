@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import expert, tiny_llama, token_batches, train_cascade
+from conftest import expert, tiny_llama, token_batches, train_cascade, word_tokenizer
 
 bnb = pytest.importorskip("bitsandbytes")
 from peft import PeftModel  # noqa: E402
@@ -32,6 +32,7 @@ ALPHA = 0.5
 def llama_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-llama")
     tiny_llama().save_pretrained(folder)
+    word_tokenizer().save_pretrained(folder)
     return folder
 
 
@@ -243,3 +244,20 @@ def test_the_requantizing_baseline_rounds_most_of_its_experts_away(llama_folder,
         export_stacked(cascade, tmp_path / "adapter")
     with pytest.raises(ValueError, match="quantized_merge='requantize' is not allowed: 'carry' on a float backbone"):
         LoRASC(tiny_llama(), quantized_config(quantized_merge="requantize"))
+
+
+def test_the_stacked_adapters_card_loads_it_on_the_quantized_backbone(llama_folder, tmp_path, monkeypatch):
+    """The card of an adapter trained on NF4 weights says so, and its code loads it there (with the
+    quantization config it prints): the trained logits within 1e-5, once on the dequantize path."""
+    from test_cards import read_card, run_loading_code
+
+    cascade = LoRASC(load_quantized(llama_folder), quantized_config())
+    run_recording_experts(cascade, token_batches(6))
+    probe = token_batches(1, seed=7)[0]
+    export_stacked(cascade, tmp_path / "adapter")
+    meta, text = read_card(tmp_path / "adapter")
+    assert "4-bit nf4" in text and "merge_and_unload() would re-quantize" in text and meta["library_name"] == "peft"
+    loaded = run_loading_code(tmp_path / "adapter", monkeypatch)["model"]
+    keep_dequantize_path(loaded)  # as the card's comment says, for this CPU
+    assert any(is_quantized(m) for m in loaded.modules())
+    assert (logits(loaded.train(), probe) - logits(cascade.model, probe)).abs().max() <= 1e-5

@@ -28,6 +28,7 @@ TASKS = {
 LABELLED = ("SEQ_CLS", "TOKEN_CLS")  # tasks whose head has classes: the card passes them to the loader
 VLLM_RANKS = (16, 32, 64, 128, 256, 320, 512)  # the --max-lora-rank values vLLM accepts above its default (16)
 LABEL_ARGUMENTS = ", num_labels=len(id2label), id2label=id2label, label2id=label2id"
+QUANTIZATION_ARGUMENTS = ", quantization_config=quantization, device_map=\"auto\""
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Origin:
     noise_lambda: float | None = None
     expert_rank: int | None = None
     id2label: dict[int, str] | None = None  # a classifier's classes, by output index
+    quantization: dict | None = None  # the BitsAndBytesConfig arguments of a quantized base (quantized.load_arguments)
 
 
 def template(name: str) -> Template:
@@ -72,7 +74,7 @@ def card(folder: Path, origin: Origin, figures: dict, name: str) -> str:
         "card",
         front_matter=front_matter(origin, task, adapter is not None),
         name=name,
-        what=what(folder, adapter),
+        what=what(folder, adapter, origin),
         origin=training(origin, rank),
         labels=fill("labels", labels=_label_list(origin.id2label)) if origin.id2label and task in LABELLED else "",
         figures=results(figures) if any(figures.values()) else "",
@@ -99,14 +101,19 @@ def front_matter(origin: Origin, task: str | None, adapter: bool) -> str:
     return yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
 
 
-def what(folder: Path, adapter: dict | None) -> str:
+def what(folder: Path, adapter: dict | None, origin: Origin) -> str:
     if adapter is None:
         return fill("dense")
+    quantized = fill("quantized", kind=quantization_kind(origin.quantization)) if origin.quantization else ""
     compression = _read_json(folder / "compression.json")
     if compression is None:
-        return fill("stacked", rank=adapter["r"])
+        return "\n\n".join(filter(None, (fill("stacked", rank=adapter["r"]), quantized)))
     errors = list(compression["relative_error"].values())
     return fill("compressed", rank=adapter["r"], mean_error=_number(sum(errors) / len(errors)), max_error=_number(max(errors)), layers=len(errors))
+
+
+def quantization_kind(arguments: dict) -> str:
+    return "8-bit" if arguments.get("load_in_8bit") else f"4-bit {arguments.get('bnb_4bit_quant_type', 'fp4')}"
 
 
 def training(origin: Origin, rank: int | None) -> str:
@@ -133,9 +140,13 @@ def loading(folder: Path, origin: Origin, task: str | None, adapter: bool, name:
     if not adapter:
         return fill("load-model", auto_class=f"AutoModel{suffix}", path=name, tokenizer_source=tokenizer_source)
     labelled = task in LABELLED and bool(origin.id2label)
+    quantized = origin.quantization is not None
     return fill("load-adapter", auto_class=f"AutoPeftModel{suffix}", path=name, tokenizer_source=tokenizer_source,
                 base_model=origin.base_model, label_lines=fill("label-lines", id2label=repr(_by_index(origin.id2label))) if labelled else "",
-                label_arguments=LABEL_ARGUMENTS if labelled else "")
+                label_arguments=LABEL_ARGUMENTS if labelled else "",
+                quantization_lines=fill("quantization-lines", arguments=", ".join(f"{k}={v!r}" for k, v in origin.quantization.items())) + "\n" if quantized else "",
+                quantization_arguments=QUANTIZATION_ARGUMENTS if quantized else "",
+                merge_line=fill("quantized-merge-line" if quantized else "merge-line"))
 
 
 def serving(origin: Origin, task: str | None, rank: int | None, name: str) -> str:

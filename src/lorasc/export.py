@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 from .card import LABELLED, Origin, write_card
 from .cascade import LoRASC
+from .quantized import load_arguments
 from .slow import compress
 
 
@@ -31,9 +32,11 @@ def _require_finished(cascade: LoRASC) -> None:
 def origin_of(cascade: LoRASC) -> Origin:
     """What a card says about where the cascade's exports came from."""
     expert = cascade.model.peft_config[cascade.adapter]
-    labels = getattr(getattr(cascade.model, "config", None), "id2label", None) if expert.task_type in LABELLED else None
+    model_config = getattr(cascade.model, "config", None)
+    labels = getattr(model_config, "id2label", None) if expert.task_type in LABELLED else None
     return Origin(expert.base_model_name_or_path, cycles=cascade.num_cycles, slow_alpha=cascade.config.slow_alpha,
-                  noise_lambda=cascade.config.noise_lambda, expert_rank=expert.r, id2label=labels)
+                  noise_lambda=cascade.config.noise_lambda, expert_rank=expert.r, id2label=labels,
+                  quantization=load_arguments(getattr(model_config, "quantization_config", None)))
 
 
 def describe_export(cascade: LoRASC, out_dir: str | Path, tokenizer=None, figures: dict | None = None) -> Path:

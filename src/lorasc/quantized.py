@@ -66,6 +66,19 @@ def keep_dequantize_path(model: torch.nn.Module) -> None:
             weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
 
 
+def load_arguments(quantization_config) -> dict | None:
+    """The BitsAndBytesConfig arguments that load a backbone as `quantization_config` (one, its dict, or
+    None) did: what a model card prints."""
+    if quantization_config is None:
+        return None
+    values = quantization_config if isinstance(quantization_config, dict) else quantization_config.to_dict()
+    if values.get("load_in_8bit"):
+        keys = ("load_in_8bit", "llm_int8_skip_modules")
+    else:
+        keys = ("load_in_4bit", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype", "llm_int8_skip_modules")
+    return {key: str(values[key]) if key.endswith("dtype") else values[key] for key in keys if values.get(key) is not None}
+
+
 def packed_bytes(module: torch.nn.Module) -> int:
     return module.weight.numel() * module.weight.element_size()
 

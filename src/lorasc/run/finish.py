@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING
 from ..card import Origin, write_card
 from ..config import LoRASCConfig
 from ..methods import METHODS
+from ..quantized import load_arguments
 from .checkpoint import remove_checkpoints, set_trainable_dtype, trainable_parameters
 from .metrics import evaluate
 from .models import model_path
+from .quantize import quantization_config
 from .run_config import RunConfig
 from .run_files import publish, remove, write_file
 from .run_folder import model_fingerprints
@@ -83,7 +85,8 @@ def run_origin(run: RunConfig, config: LoRASCConfig, labels: tuple[str, ...], cy
     id2label = dict(enumerate(labels)) if run.task == "classification" else None
     if run.method == "full":
         return Origin(model_path(run), run.method, id2label=id2label)
-    return Origin(model_path(run), run.method, cycles, config.slow_alpha, config.noise_lambda, config.expert.r, id2label)
+    return Origin(model_path(run), run.method, cycles, config.slow_alpha, config.noise_lambda, config.expert.r, id2label,
+                  load_arguments(quantization_config(run)))
 
 
 def run_figures(metrics: dict) -> dict[str, dict[str, float]]:
