@@ -112,6 +112,38 @@ def test_the_quantized_cascade_is_exact_and_never_rewrites_the_weights(llama_fol
     assert (logits(cascade.model, batch) - logits(dense, batch)).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("expert_fields, init", [({"use_rslora": True}, "kaiming"), ({}, "orthogonal")])
+def test_rslora_experts_and_the_orthogonal_init_are_carried_exactly(llama_folder, expert_fields, init):
+    model = load_quantized(llama_folder)
+    reference = copy.deepcopy(model).dequantize(dtype=torch.float32)
+    config = quantized_config(expert_init=init)
+    config.expert = expert(target_modules=TARGETS, **expert_fields)
+    cascade = LoRASC(model, config)
+    experts = run_recording_experts(cascade, token_batches(9))
+    deltas = {name.removeprefix("base_model.model."): sum(ALPHA * s * b @ a for a, b, s in (e[name] for e in experts))
+              for name in cascade.layers}
+    batch = token_batches(1, seed=7)[0]
+    assert (logits(cascade.model, batch) - logits(with_deltas(reference, deltas), batch)).abs().max() <= 1e-5
+
+
+def test_the_trainer_callback_runs_a_quantized_cascade(llama_folder, tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    from lorasc import LoRASCCallback
+
+    model = load_quantized(llama_folder)
+    before = packed_state(model)
+    cascade = LoRASC(model, quantized_config())
+    rows = [{"input_ids": ids, "labels": ids} for batch in token_batches(3) for ids in batch["input_ids"]]
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=6, learning_rate=1e-2, report_to="none",
+                             use_cpu=True, save_strategy="no")
+    Trainer(model=cascade.model, args=args, train_dataset=rows, callbacks=[LoRASCCallback(cascade)]).train()
+    assert cascade.ends == [2, 4, 6] and cascade.cycle == 3 and not cascade.in_cycle
+    assert {a.shape[0] for name, a in cascade.backbone.watched().items() if name.endswith(".A")} == {3 * 2}
+    after = packed_state(model)
+    assert all(torch.equal(before[name][key], after[name][key]) for name in before for key in before[name])
+
+
 def test_a_boundary_at_alpha_one_does_not_move_the_logits(llama_folder):
     cascade = LoRASC(load_quantized(llama_folder), quantized_config(slow_alpha=1.0))
     batches, probe = token_batches(6), token_batches(1, seed=7)[0]
