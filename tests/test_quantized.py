@@ -293,3 +293,21 @@ def test_the_stacked_adapters_card_loads_it_on_the_quantized_backbone(llama_fold
     keep_dequantize_path(loaded)  # as the card's comment says, for this CPU
     assert any(is_quantized(m) for m in loaded.modules())
     assert (logits(loaded.train(), probe) - logits(cascade.model, probe)).abs().max() <= 1e-5
+
+
+def test_the_dense_export_of_a_bfloat16_backbone_rounds_once(llama_folder, tmp_path):
+    """With the backbone loaded in bfloat16, each adapted weight of the dense export is exactly
+    round_bf16(deQ(W0_q) + S), S summed in float32 from the experts as recorded."""
+    config = BitsAndBytesConfig(**QUANTIZATIONS["nf4"], bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(llama_folder, quantization_config=config, device_map="cpu", dtype=torch.bfloat16)
+    deq = {name: dequantized(module) for name, module in model.named_modules() if is_quantized(module)}
+    cascade = LoRASC(model, quantized_config())
+    experts = run_recording_experts(cascade, token_batches(6))
+    export_dense(cascade, tmp_path / "model")
+    dense = AutoModelForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.bfloat16)
+    for name in cascade.layers:
+        module = name.removeprefix("base_model.model.")
+        delta = sum(ALPHA * s * (b.float() @ a.float()) for a, b, s in (e[name] for e in experts))
+        assert torch.equal(dense.get_submodule(module).weight, (deq[module] + delta).to(torch.bfloat16)), module
+    untouched = "model.layers.0.mlp.up_proj"
+    assert torch.equal(dense.get_submodule(untouched).weight, deq[untouched].to(torch.bfloat16))
