@@ -26,11 +26,9 @@ Usage in a plain loop:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import warnings
 
 import torch
-from peft import PeftModel, get_peft_model
+from peft import PeftModel
 from peft.optimizers import create_loraplus_optimizer
 from peft.tuners.lora import Linear as LoraLinear
 from peft.tuners.lora import LoraLayer
@@ -44,31 +42,7 @@ from .optimizer_state import carry_state
 from .quantized import backbone_for, is_quantized
 from .schedule import cycle_ends, jagged_scheduler
 from .slow import FinishedExpert, KeepHead, SlowHead, slow_state_for
-from .targets import expert_defaults
-
-
-def with_model_defaults(config: LoRASCConfig, model: torch.nn.Module) -> LoRASCConfig:
-    """The config with the expert's fields left None taken from the model (`targets.expert_defaults`);
-    a classifier's task type taken so is said in a warning."""
-    expert = expert_defaults(config.expert, model)
-    if config.expert.task_type is None and expert.task_type not in (None, "CAUSAL_LM"):
-        warnings.warn(f"expert.task_type=None on a {type(model).__name__}: using {expert.task_type!r}, so that PEFT trains its new head; "
-                      "pass task_type to choose", stacklevel=3)
-    return dataclasses.replace(config, expert=expert)
-
-
-def wrap_model(model: torch.nn.Module, config: LoRASCConfig, adapter: str) -> PeftModel:
-    if isinstance(model, PeftModel):
-        return model
-    try:
-        return get_peft_model(model, config.expert, adapter_name=adapter)
-    except ValueError as err:
-        if "not found in the base model" in str(err) or "No modules were targeted" in str(err):
-            raise ValueError(
-                f"expert.target_modules={config.expert.target_modules!r} is not allowed: it matches no layer of "
-                f"{type(model).__name__}; name modules that exist, e.g. from model.named_modules()"
-            ) from err
-        raise
+from .targets import with_model_defaults, wrap_model
 
 
 class LoRASC:

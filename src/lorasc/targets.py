@@ -1,14 +1,16 @@
 """What an expert adapts on a model: the default target modules per architecture, the PEFT task type of
 its head, and the layers that PEFT adapts for an expert's targets, with their rank checked (on a model
-built on the meta device, before anything is loaded)."""
+built on the meta device, before anything is loaded); a cascade's config completed from its model, and
+the model wrapped by PEFT."""
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from peft.utils.error import NoMatchingPeftModuleError
@@ -16,6 +18,8 @@ from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_
                                                     MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
                                                     MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES)
 from transformers.pytorch_utils import Conv1D
+
+from .config import LoRASCConfig
 
 MODULE_NAME = re.compile(r"[\w.]+")  # a module name, or the last parts of one: `q_proj`, `self_attn.q_proj`
 BERT_TARGETS = ["query", "key", "value", "dense"]  # every BERT projection: MiniLM's attention and MLP
@@ -48,6 +52,30 @@ def expert_defaults(expert: LoraConfig, model: torch.nn.Module) -> LoraConfig:
     model_type = getattr(getattr(model, "config", None), "model_type", None)  # None: not a transformers model
     targets = default_target_modules(model_type) if expert.target_modules is None else expert.target_modules
     return dataclasses.replace(expert, target_modules=targets, task_type=expert.task_type or task_type_of(model))
+
+
+def with_model_defaults(config: LoRASCConfig, model: torch.nn.Module) -> LoRASCConfig:
+    """The config with the expert's fields left None taken from the model (`targets.expert_defaults`);
+    a classifier's task type taken so is said in a warning."""
+    expert = expert_defaults(config.expert, model)
+    if config.expert.task_type is None and expert.task_type not in (None, "CAUSAL_LM"):
+        warnings.warn(f"expert.task_type=None on a {type(model).__name__}: using {expert.task_type!r}, so that PEFT trains its new head; "
+                      "pass task_type to choose", stacklevel=3)
+    return dataclasses.replace(config, expert=expert)
+
+
+def wrap_model(model: torch.nn.Module, config: LoRASCConfig, adapter: str) -> PeftModel:
+    if isinstance(model, PeftModel):
+        return model
+    try:
+        return get_peft_model(model, config.expert, adapter_name=adapter)
+    except ValueError as err:
+        if "not found in the base model" in str(err) or "No modules were targeted" in str(err):
+            raise ValueError(
+                f"expert.target_modules={config.expert.target_modules!r} is not allowed: it matches no layer of "
+                f"{type(model).__name__}; name modules that exist, e.g. from model.named_modules()"
+            ) from err
+        raise
 
 
 def peft_targets(names: list[str]) -> list[str] | str:
