@@ -43,6 +43,7 @@ from .quantized import backbone_for, is_quantized
 from .schedule import cycle_ends, jagged_scheduler
 from .slow import FinishedExpert, KeepHead, SlowHead, slow_state_for
 from .targets import with_model_defaults, wrap_model
+from .tasks import TaskLog, task_ends
 
 
 class LoRASC:
@@ -79,8 +80,9 @@ class LoRASC:
         self.head = SlowHead(config.slow_alpha) if config.slow_head else KeepHead()
         self.cycle = 0  # index of the current (or last finished) cycle, 1-based
         self.steps = 0  # optimizer steps taken
-        self.ends: list[int] = []
+        self.ends: list[int] = []  # the optimizer-step count at which each planned cycle ends
         self.in_cycle = False
+        self.tasks = TaskLog()
         self.slow_step: float | None = None  # ‖α·ΔW‖/‖W‖ of the last merge, over all adapted matrices
 
     # ---- the cycle -------------------------------------------------------------------------
@@ -140,8 +142,7 @@ class LoRASC:
     def begin(self, total_steps: int, steps_per_epoch: int | None = None) -> list[int]:
         """Plan the cycles of a run of `total_steps` optimizer steps and start the first one."""
         self.ends = cycle_ends(self.config, total_steps, steps_per_epoch)
-        cycles_left = len(self.ends) - (self.cycle - int(self.in_cycle))
-        self.backbone.check_plan(self.slow, {name: cycles_left * layer.r[self.adapter] for name, layer in self.layers.items()})
+        self._check_plan(len(self.ends) - (self.cycle - int(self.in_cycle)))
         if self.cycle == 0:
             self.start_cycle()
         return self.ends
@@ -162,6 +163,29 @@ class LoRASC:
         """End a run early (or after the planned steps): remove noise and merge the running expert."""
         if self.in_cycle:
             self.end_cycle()
+
+    # ---- tasks (tasks.py) -----------------------------------------------------------------
+    def begin_task(self, name: str, total_steps: int, num_cycles: int | None = None, cycle_steps: int | None = None,
+                   steps_per_epoch: int | None = None, optimizer: Optimizer | None = None) -> list[int]:
+        """Plan task `name`, the next `total_steps` optimizer steps, cut into cycles by `num_cycles` or
+        `cycle_steps` (else as the config cuts a run), and start its first cycle, with `optimizer`'s state
+        carried as at every new expert (`optimizer_state`). Returns the task's cycle ends."""
+        if self.in_cycle:
+            raise RuntimeError(f"cycle {self.cycle} is still running; call end_task() (or finish()) first")
+        ends = task_ends(self.config, self.steps, total_steps, num_cycles, cycle_steps, steps_per_epoch)
+        self._check_plan(len(ends))
+        self.tasks.begin(name, self.cycle + 1, self.steps)
+        self.ends = [*self._ends_so_far(), *ends]
+        self.start_cycle(optimizer)
+        return ends
+
+    def end_task(self) -> None:
+        """End the running task: merge its running expert, noise off, and start nothing, so that until the next
+        `begin_task` the backbone holds W0 + S exactly. Ended early, the task's unfinished cycles are dropped."""
+        self.tasks.current()  # RuntimeError unless a task is running
+        self.finish()
+        self.ends = self._ends_so_far()
+        self.tasks.end(self.cycle)
 
     @property
     def num_cycles(self) -> int:
@@ -187,10 +211,12 @@ class LoRASC:
         return optimizer_cls(params, lr=lr, weight_decay=weight_decay)
 
     def scheduler(self, optimizer: Optimizer, warmup_steps: int = 0):
-        """Global warmup + cosine decay, with `rewarmup_steps` of linear re-warmup after each reset."""
-        if not self.ends:
-            raise RuntimeError("call begin(total_steps, steps_per_epoch) before scheduler()")
-        return jagged_scheduler(optimizer, self.ends[-1], warmup_steps, self.ends, self.config.rewarmup_steps)
+        """Global warmup + cosine decay, with `rewarmup_steps` of linear re-warmup after each reset; with
+        tasks, the running (or last) task's: the schedule restarts at each task."""
+        ends = [end - self.tasks.start_step for end in self.ends if end > self.tasks.start_step]
+        if not ends:
+            raise RuntimeError("call begin(total_steps, steps_per_epoch) or begin_task(...) before scheduler()")
+        return jagged_scheduler(optimizer, ends[-1], warmup_steps, ends, self.config.rewarmup_steps)
 
     # ---- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -205,6 +231,7 @@ class LoRASC:
             "init": self.init.state_dict(),
             "head": self.head.state_dict(),
             "slow_step": self.slow_step,
+            "tasks": self.tasks.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -215,6 +242,7 @@ class LoRASC:
         self.init.load_state_dict(state["init"])
         self.head.load_state_dict(state["head"])
         self.slow_step = state.get("slow_step")  # absent from checkpoints written before it was kept
+        self.tasks = TaskLog.from_state(state.get("tasks", []))  # absent before tasks
         self._write_backbone()
 
     # ---- internals ------------------------------------------------------------------------
@@ -237,6 +265,14 @@ class LoRASC:
                 if not p.requires_grad and p.is_floating_point() and id(p) not in expert_ids and p.numel() > 1
             })
         return params, self.layers, layer_of
+
+    def _check_plan(self, cycles: int) -> None:
+        """Refuse a plan that merges `cycles` more experts than the backbone can carry (a quantized one's budget)."""
+        self.backbone.check_plan(self.slow, {name: cycles * layer.r[self.adapter] for name, layer in self.layers.items()})
+
+    def _ends_so_far(self) -> list[int]:
+        """The ends of the cycles run so far; the last one (ended early, or with its task) at the current step."""
+        return [*self.ends[: self.cycle - 1], self.steps] if self.cycle else []
 
     def _write_backbone(self) -> None:
         """The weights the current state implies: noisy during a cycle, clean between cycles."""
