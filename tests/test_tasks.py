@@ -7,8 +7,10 @@ import re
 import pytest
 import torch
 from conftest import expert, tiny_llama, token_batches, train_cascade
+from torch.utils.data import SequentialSampler
+from transformers import Trainer, TrainingArguments, default_data_collator
 
-from lorasc import LoRASC, LoRASCConfig
+from lorasc import LoRASC, LoRASCCallback, LoRASCConfig
 from lorasc.schedule import jagged_lr_lambda
 
 ALPHA, LR = 0.5, 1e-2
@@ -214,3 +216,66 @@ def test_a_state_without_tasks_still_loads():
     resumed = make(num_cycles=2)
     resumed.load_state_dict(state)
     assert len(resumed.tasks) == 0 and resumed.cycle == 2 and resumed.in_cycle
+
+
+# ---- the Trainer: one train() per task ---------------------------------------------------------
+class InOrderTrainer(Trainer):
+    def _get_train_sampler(self, *args, **kwargs):
+        return SequentialSampler(self.train_dataset)
+
+
+def trainer_for(cascade, dataset, tmp_path, callback, optimizers=(None, None), **args):
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_grad_norm=0.0, report_to="none",
+                             save_strategy="no", logging_strategy="no", use_cpu=True, seed=0, **args)
+    return InOrderTrainer(model=cascade.model, args=args, train_dataset=dataset, data_collator=default_data_collator,
+                          optimizers=optimizers, callbacks=[callback])
+
+
+def rows(batches):
+    return [{key: value[i] for key, value in batch.items()} for batch in batches for i in range(len(batch["input_ids"]))]
+
+
+def test_trainer_callback_plans_and_ends_one_task_per_train_call(tmp_path):
+    cascade = make()
+    callback = LoRASCCallback(cascade, tasks=["a", "b"])
+    pristine = weights(cascade)
+    trainer_for(cascade, rows(token_batches(2, seed=1)), tmp_path, callback, num_train_epochs=2).train()  # 2 steps per epoch
+    assert cascade.ends == [2, 4] and task_records(cascade) == [("a", 1, 2)]
+    assert_merged(cascade, pristine)
+    trainer_for(cascade, rows(token_batches(3, seed=2)), tmp_path, callback, num_train_epochs=2).train()  # 3 steps per epoch
+    assert cascade.ends == [2, 4, 7, 10] and task_records(cascade) == [("a", 1, 2), ("b", 3, 4)]
+    assert_merged(cascade, pristine)
+    with pytest.raises(RuntimeError, match="this train\\(\\) has no task"):
+        trainer_for(cascade, rows(token_batches(1)), tmp_path, callback, max_steps=1).train()
+
+
+def test_trainer_tasks_and_the_plain_loop_give_the_same_weights(tmp_path):
+    parts = {"a": token_batches(4, seed=1), "b": token_batches(6, seed=2)}
+
+    def run(step):
+        cascade = make(cycle_steps=2, rewarmup_steps=1)
+        optimizer = cascade.optimizer(lr=LR)
+        for name, batches in parts.items():
+            cascade.begin_task(name, len(batches), optimizer=optimizer)
+            step(cascade, optimizer, cascade.scheduler(optimizer, warmup_steps=1), batches)
+        return cascade
+
+    def plain(cascade, optimizer, scheduler, batches):
+        for batch in batches:
+            cascade.model(**batch).loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            cascade.step(optimizer)
+        cascade.end_task()
+
+    def via_trainer(cascade, optimizer, scheduler, batches):  # the callback ends the task
+        trainer_for(cascade, rows(batches), tmp_path, LoRASCCallback(cascade), (optimizer, scheduler), max_steps=len(batches)).train()
+
+    looped, trained = run(plain), run(via_trainer)
+    assert task_records(trained) == task_records(looped) == [("a", 1, 2), ("b", 3, 5)]
+    assert trained.ends == looped.ends == [2, 4, 6, 8, 10] and not trained.in_cycle
+    for (name, p), q in zip(looped.model.named_parameters(), trained.model.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=name)
+    pristine = weights(make())
+    assert all(not torch.equal(weight, pristine[name]) for name, weight in weights(trained).items())

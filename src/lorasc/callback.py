@@ -11,6 +11,10 @@
 Without `begin` and `optimizers=`, the callback plans one cycle per epoch from the Trainer's own
 step count and the Trainer keeps its own (non-jagged) schedule.
 
+With tasks (tasks.py), each `train()` call is one task: call `cascade.begin_task(name, N)` before it, or
+name the tasks, `LoRASCCallback(cascade, tasks=["a", "b"])`, for the callback to plan each one as above.
+At the end of each `train()` the task ends: the backbone is clean for an evaluation between tasks.
+
 Every log of the Trainer gains `lorasc/cycle` (the cycle of the last step); the first log after a
 merge also gains `lorasc/experts_merged` and `lorasc/slow_step` (LoRASC.cycle_metrics), in the
 Trainer's `state.log_history` and in what the callbacks after this one receive.
@@ -25,6 +29,7 @@ front of the Trainer class, as transformers documents for changing `Trainer.log`
 from __future__ import annotations
 
 import math
+from typing import Iterable
 
 from transformers import TrainerCallback
 
@@ -32,12 +37,20 @@ from .cascade import LoRASC
 
 
 class LoRASCCallback(TrainerCallback):
-    def __init__(self, cascade: LoRASC):
-        self.cascade, self.merges_logged = cascade, 0
+    def __init__(self, cascade: LoRASC, tasks: Iterable[str] = ()):
+        """`tasks`: the names of the tasks that the next `train()` calls train, one each, in order."""
+        self.cascade, self.merges_logged, self.tasks = cascade, 0, list(tasks)
 
-    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
-        if not self.cascade.ends:
-            steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps) if train_dataloader else None
+    def on_train_begin(self, args, state, control, train_dataloader=None, optimizer=None, **kwargs):
+        if self.cascade.tasks.running:
+            return
+        steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps) if train_dataloader else None
+        if self.tasks:
+            self.cascade.begin_task(self.tasks.pop(0), state.max_steps, steps_per_epoch=steps_per_epoch, optimizer=optimizer)
+        elif self.cascade.tasks:
+            raise RuntimeError("this train() has no task: call cascade.begin_task(name, total_steps) before it, "
+                               "or name one more task in LoRASCCallback(cascade, tasks=[...])")
+        elif not self.cascade.ends:
             self.cascade.begin(state.max_steps, steps_per_epoch)
 
     def on_step_end(self, args, state, control, optimizer=None, **kwargs):
@@ -60,7 +73,10 @@ class LoRASCCallback(TrainerCallback):
             state.log_history[-1].update(metrics)
 
     def on_train_end(self, args, state, control, **kwargs):
-        self.cascade.finish()
+        if self.cascade.tasks.running:
+            self.cascade.end_task()
+        else:
+            self.cascade.finish()
 
 
 class LoRASCTrainerMixin:
