@@ -31,6 +31,20 @@ def host_copy(weight: torch.Tensor) -> torch.Tensor:
     return copy.pin_memory() if weight.is_cuda else copy
 
 
+def backbone_targets(model: torch.nn.Module, layers: dict[str, LoraLinear], expert_params: list[torch.nn.Parameter],
+                     noise_targets: str) -> tuple[dict[str, torch.nn.Parameter], dict[str, LoraLinear], dict[str, str]]:
+    """The matrices a cascade rewrites: the adapted ones, plus (noise_targets='all') every other frozen
+    matrix and vector; the LoRA layers; and which layer each adapted matrix belongs to."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    layer_of = {names[id(m.get_base_layer().weight)]: n for n, m in sorted(layers.items())}
+    params = {n: p for n, p in model.named_parameters() if n in layer_of}
+    if noise_targets == "all":
+        expert_ids = {id(p) for p in expert_params}
+        params.update({n: p for n, p in model.named_parameters()
+                       if not p.requires_grad and p.is_floating_point() and id(p) not in expert_ids and p.numel() > 1})
+    return params, layers, layer_of
+
+
 class Backbone:
     """`params` maps parameter names to the frozen weights; `layer_of` maps the adapted ones to
     their LoRA layer name (the key of the slow state)."""

@@ -41,7 +41,8 @@ from .noise import matrix_seed
 from .optimizer_state import carry_state
 from .quantized import backbone_for, is_quantized
 from .schedule import cycle_ends, jagged_scheduler
-from .slow import FinishedExpert, KeepHead, SlowHead, slow_state_for
+from .backbone import backbone_targets
+from .slow import FinishedExpert, KeepHead, SlowHead, relative_step, slow_state_for
 from .targets import with_model_defaults, wrap_model
 from .tasks import TaskLog, task_ends
 
@@ -75,7 +76,8 @@ class LoRASC:
         self.expert_params = [p for m in self.layers.values() for p in self._expert_tensors(m)]
         expert_ids = {id(p) for p in self.expert_params}
         self.head_params = {n: p for n, p in self.model.named_parameters() if p.requires_grad and id(p) not in expert_ids}
-        self.backbone = backbone_for(config, self.model, *self._backbone_targets())
+        targets = backbone_targets(self.model, self.layers, self.expert_params, config.noise_targets)
+        self.backbone = backbone_for(config, self.model, *targets)
         self.slow = slow_state_for(config.expert, config.quantized_merge)()
         self.head = SlowHead(config.slow_alpha) if config.slow_head else KeepHead()
         self.cycle = 0  # index of the current (or last finished) cycle, 1-based
@@ -112,7 +114,7 @@ class LoRASC:
             raise RuntimeError("no cycle is running; call start_cycle() first")
         slow = self.backbone.fitted(self.slow.merged(self._finished_expert(), self.config.slow_alpha))
         head = self.head.merged(self.head_params)
-        step = self._relative_step(slow)
+        step = relative_step(self.slow, slow, self.layers, lambda name: self.backbone.pristine32(self.backbone.param_of[name]))
         try:
             self.backbone.write(slow)
         except BaseException:
@@ -251,21 +253,6 @@ class LoRASC:
         modules = [getattr(layer, name) for name in layer.adapter_layer_names]
         return [p for m in modules if self.adapter in m for p in m[self.adapter].parameters()]
 
-    def _backbone_targets(self) -> tuple[dict[str, torch.nn.Parameter], dict[str, LoraLinear], dict[str, str]]:
-        """The matrices the cascade rewrites: the adapted ones, plus (noise_targets='all') every other
-        frozen matrix and vector; and which LoRA layer each adapted one belongs to."""
-        names = {id(p): n for n, p in self.model.named_parameters()}
-        layer_of = {names[id(m.get_base_layer().weight)]: n for n, m in sorted(self.layers.items())}
-        params = {n: p for n, p in self.model.named_parameters() if n in layer_of}
-        if self.config.noise_targets == "all":
-            expert_ids = {id(p) for p in self.expert_params}
-            params.update({
-                n: p
-                for n, p in self.model.named_parameters()
-                if not p.requires_grad and p.is_floating_point() and id(p) not in expert_ids and p.numel() > 1
-            })
-        return params, self.layers, layer_of
-
     def _check_plan(self, cycles: int) -> None:
         """Refuse a plan that merges `cycles` more experts than the backbone can carry (a quantized one's budget)."""
         self.backbone.check_plan(self.slow, {name: cycles * layer.r[self.adapter] for name, layer in self.layers.items()})
@@ -284,16 +271,6 @@ class LoRASC:
     def _finished_expert(self) -> FinishedExpert:
         return FinishedExpert(self.layers, self.adapter, factors=lambda name: self.init.factors(name, self.layers[name], self.adapter),
                               clean=lambda name: self.backbone.clean32(self.backbone.param_of[name], self.slow))
-
-    def _relative_step(self, slow) -> float:
-        """‖S' − S‖/‖W0 + S‖ over every adapted matrix, from the slow states (S the current, S' `slow`)."""
-        step = weight = 0.0
-        for name, layer in self.layers.items():
-            pristine = self.backbone.pristine32(self.backbone.param_of[name])
-            before = self.slow.delta(name, layer, pristine)
-            step += (slow.delta(name, layer, pristine) - before).square().sum().item()
-            weight += (pristine + before).square().sum().item()
-        return (step / weight) ** 0.5 if weight else 0.0
 
     def _seeded(self, seed: int):
         """Fork the CPU RNG and the RNG of every GPU the expert lives on, then seed them all."""

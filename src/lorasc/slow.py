@@ -75,6 +75,17 @@ class SlowState(Protocol):
     def from_state(cls, state: dict) -> SlowState: ...
 
 
+def relative_step(before: SlowState, after: SlowState, layers: dict[str, LoraLinear], pristine: Callable[[str], torch.Tensor]) -> float:
+    """‖S' − S‖/‖W0 + S‖ over every adapted matrix (S of `before`, S' of `after`); `pristine(name)` is W0 in float32."""
+    step = weight = 0.0
+    for name, layer in layers.items():
+        w0 = pristine(name)
+        old = before.delta(name, layer, w0)
+        step += (after.delta(name, layer, w0) - old).square().sum().item()
+        weight += (w0 + old).square().sum().item()
+    return (step / weight) ** 0.5 if weight else 0.0
+
+
 def slow_state_for(expert: LoraConfig, quantized_merge: str) -> type[SlowState]:
     if quantized_merge == "requantize":
         return FoldedSlow
