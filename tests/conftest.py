@@ -125,12 +125,14 @@ def token_batches(n, batch=4, length=16, vocab=96, seed=1):
     return out
 
 
-def train_cascade(cascade, optimizer, batches, before_step=lambda: None):
-    """The plain loop: forward, backward, optimizer step, cascade step; `before_step` runs before each
-    cascade step (e.g. to record the expert that a boundary is about to merge)."""
+def train_cascade(cascade, optimizer, batches, before_step=lambda: None, scheduler=None):
+    """The plain loop: forward, backward, optimizer (and scheduler) step, cascade step; `before_step` runs
+    before each cascade step (e.g. to record the expert that a boundary is about to merge)."""
     for batch in batches:
         cascade.model(**batch).loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         optimizer.zero_grad()
         before_step()
         cascade.step(optimizer)

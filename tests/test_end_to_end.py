@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import train_cascade
 from peft import LoraConfig
 
 from lorasc import LoRASC, LoRASCConfig, delta_ranks
@@ -22,14 +23,9 @@ def test_lorasc_on_minilm_lowers_the_loss_and_grows_the_rank(minilm, tweet_batch
     assert len(ends) == epochs  # one expert per epoch by default
     optimizer = cascade.optimizer(lr=3e-3)
     scheduler = cascade.scheduler(optimizer, warmup_steps=4)
+    cascade.model.train()
     for _ in range(epochs):
-        cascade.model.train()
-        for batch in tweet_batches:
-            cascade.model(**batch).loss.backward()
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            cascade.step(optimizer)
+        train_cascade(cascade, optimizer, tweet_batches, scheduler=scheduler)
     after = mean_loss(cascade.model, tweet_batches)
     ranks = delta_ranks(cascade)
     print(f"train loss {before:.3f} -> {after:.3f}; mean effective rank of the delta {sum(ranks.values()) / len(ranks):.2f} (r={rank})")

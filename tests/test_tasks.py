@@ -21,6 +21,20 @@ def make(kind="lora", **fields):
     return LoRASC(tiny_llama(), LoRASCConfig(**fields, expert=expert(kind, target_modules=["q_proj", "v_proj"])))
 
 
+def plain_run(batches, **fields):
+    """The single-task path: begin, the plain loop, finish."""
+    cascade = make(**fields)
+    cascade.begin(len(batches))
+    train_cascade(cascade, cascade.optimizer(lr=LR), batches)
+    cascade.finish()
+    return cascade
+
+
+def assert_same_parameters(left, right):
+    for (name, p), q in zip(left.model.named_parameters(), right.model.parameters()):
+        assert torch.equal(p, q), name
+
+
 def weights(cascade):
     return {name: layer.get_base_layer().weight.detach().clone() for name, layer in cascade.layers.items()}
 
@@ -119,17 +133,13 @@ def test_two_tasks_are_recorded_and_a_resume_mid_task_two_is_bitwise():
     assert saved["cascade"]["in_cycle"] and saved["cascade"]["tasks"][-1]["last_cycle"] is None  # mid-cycle 4, noise on
     resumed = run_two_tasks(batches, state=saved)
     assert task_records(resumed) == task_records(full)
-    for (name, p), q in zip(full.model.named_parameters(), resumed.model.parameters()):
-        assert torch.equal(p, q), name
+    assert_same_parameters(full, resumed)
 
 
 def test_tasks_cut_like_a_plain_run_give_its_weights_bitwise():
     """A task boundary is a cycle boundary: two tasks of two 2-step cycles are a plain run of four."""
     batches = token_batches(8)
-    plain = make(cycle_steps=2)
-    plain.begin(8)
-    train_cascade(plain, plain.optimizer(lr=LR), batches)
-    plain.finish()
+    plain = plain_run(batches, cycle_steps=2)
 
     tasks = make(cycle_steps=2)
     optimizer = tasks.optimizer(lr=LR)
@@ -138,23 +148,18 @@ def test_tasks_cut_like_a_plain_run_give_its_weights_bitwise():
         train_cascade(tasks, optimizer, part)
         tasks.end_task()
     assert tasks.ends == plain.ends == [2, 4, 6, 8] and tasks.cycle == plain.cycle == 4
-    for (name, p), q in zip(plain.model.named_parameters(), tasks.model.parameters()):
-        assert torch.equal(p, q), name
+    assert_same_parameters(plain, tasks)
 
 
 def test_one_task_is_begin_and_finish_bitwise():
     batches = token_batches(6)
-    plain = make(num_cycles=3)
-    plain.begin(6)
-    train_cascade(plain, plain.optimizer(lr=LR), batches)
-    plain.finish()
+    plain = plain_run(batches, num_cycles=3)
 
     task = make(num_cycles=3)
     task.begin_task("only", 6)
     train_cascade(task, task.optimizer(lr=LR), batches)
     task.end_task()
-    for (name, p), q in zip(plain.model.named_parameters(), task.model.parameters()):
-        assert torch.equal(p, q), name
+    assert_same_parameters(plain, task)
     state = task.state_dict()
     assert state.pop("tasks") == [{"name": "only", "first_cycle": 1, "start_step": 0, "last_cycle": 3}]
     assert repr(state) == repr({k: v for k, v in plain.state_dict().items() if k != "tasks"})
@@ -261,12 +266,7 @@ def test_trainer_tasks_and_the_plain_loop_give_the_same_weights(tmp_path):
         return cascade
 
     def plain(cascade, optimizer, scheduler, batches):
-        for batch in batches:
-            cascade.model(**batch).loss.backward()
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            cascade.step(optimizer)
+        train_cascade(cascade, optimizer, batches, scheduler=scheduler)
         cascade.end_task()
 
     def via_trainer(cascade, optimizer, scheduler, batches):  # the callback ends the task
