@@ -3,6 +3,7 @@
     python -m benchmarks                      # the full protocol on tweets, then BENCHMARKS.md
     python -m benchmarks --task bbc-news      # the second task (a section of BENCHMARKS.md)
     python -m benchmarks --task bbc-lm        # the causal LM, SmolLM2-135M (a section too)
+    python -m benchmarks --task bbc-lm-nf4    # the same in NF4: QLoRA, its cascades, re-quantized ReLoRA (a section)
     python -m benchmarks --regime b           # tweets, 1,000 examples for 10 epochs (a section too; any --task)
     python -m benchmarks --study [--regime b] # the settings study, both regimes by default (results/study-<task>.md)
     python -m benchmarks --only grid          # one group (grid, seeds, long, rank1, latency)

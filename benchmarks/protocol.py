@@ -174,8 +174,8 @@ SMALL = Protocol(
 BBC_SMALL = dataclasses.replace(BBC, regime=dataclasses.replace(SMALL_DATA, title="regime (b): the 960-article pool for 10 epochs", n_train=None),
                                 select_seeds=(0,))
 LM_SMALL = dataclasses.replace(LM, regime=SMALL_DATA)
-# the causal LM on SmolLM2-135M loaded in NF4; sized to a 2-core CPU, where an NF4 step costs about twice a float one:
-# two LRs a method (the float LM's choices), no extension, 32 steps. SLOW_BUDGET: the stack of 2 cycles of rank 8 on
+# the causal LM on SmolLM2-135M loaded in NF4; sized to a shared 2-core CPU, where an NF4 step costs more than a float one:
+# two LRs (the float LM's choices) for QLoRA and the cascade, no extension, the other two at the cascade's LR; 32 steps. SLOW_BUDGET: the stack of 2 cycles of rank 8 on
 # q/k/v/o is 16·Σ(m+n)·4 bytes = 0.56 × the packed NF4 q/k/v/o, over the library's default 0.5
 SLOW_BUDGET = 1.0
 QLORA_RIVALS = ("re-quantized ReLoRA", "QLoRA COLA")
