@@ -152,7 +152,9 @@ def task_section(p: Protocol, s: dict, number: int) -> str:
     finalists = finalists_table(s, s["rows"], p.baseline) if s["rows"] else fill(parts["no-rows"], runs=s["runs"], task=p.task.name, regime=p.regime.name)
     ran_on = fill(parts["machines"], machines=machines(s["environments"])) if s["environments"] else ""
     body = fill(parts["body"], **headline(p, s), machines=ran_on, main_table=finalists, grid_table=grid_table(s) if s["grids"] else "")
-    return about + "\n\n" + body
+    short = [f"{label} ({len(s['rows'][label]['seeds']) if label in s['rows'] else 0})" for label in p.finalists
+             if len(s["rows"].get(label, {}).get("seeds", ())) < p.final_seeds]
+    return about + ("\n\n" + fill(parts["short"], finalists=", ".join(short), seeds=p.final_seeds) if short else "") + "\n\n" + body
 
 
 def summarize_file(p: Protocol, results_dir: Path) -> dict:
