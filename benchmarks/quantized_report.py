@@ -5,12 +5,16 @@ formats numbers and picks fragments."""
 from __future__ import annotations
 
 import json
+from statistics import fmean
 from pathlib import Path
 
 from lorasc import LoRASCConfig
 
+from .planner import Board
 from .protocol import LM_NF4
 from .report import fill, fragments, headline, task_anchor
+from .runner import read_results
+from .summary import runs_at
 from .tables import finalists_table
 
 TEMPLATE = "quantized.md"
@@ -61,6 +65,19 @@ def cost_table(r: dict) -> str:
     return markdown_table(header, rows)
 
 
+def merge_table(s: dict, results_dir: Path) -> str:
+    """Per method at its chosen LR, mean over its seeds: at each cycle's end, the training loss of the cycle's last
+    logged window (before the merge) and the test loss logged just after the merge (the run's log)."""
+    board, rows = Board(read_results(results_dir / f"{LM_NF4.name}.jsonl")), []
+    for label, row in s["rows"].items():
+        ends = [[r for r in run["log"] if r.get("cycle_end") == 1.0] for run in runs_at(board, label, row["lr"]).values()]
+        cells = [[e[c] for e in ends if len(e) > c] for c in range(max(map(len, ends)))]
+        rows.append([label, *(f"{fmean(r['train_loss'] for r in at):.2f} → {fmean(r['eval_loss'] for r in at):.2f}" for at in cells)])
+    width = max(map(len, rows))
+    header = ["method", *(f"cycle {c}: train loss → test loss after its merge" for c in range(1, width))]
+    return markdown_table(header, [r + ["—"] * (width - len(r)) for r in rows])
+
+
 def comparison(parts: dict[str, str], results_dir: Path) -> str:
     """The QLoRA method comparison (the LM_NF4 protocol): its verdicts and finalists, from its summary in
     RESULTS/<protocol>.json (report.write_report writes it), with a link to its section."""
@@ -69,7 +86,8 @@ def comparison(parts: dict[str, str], results_dir: Path) -> str:
         return fill(parts["no-comparison"], task=LM_NF4.task.name)
     s = json.loads(path.read_text())
     table = finalists_table(s, s["rows"], LM_NF4.baseline) if s["rows"] else ""
-    return fill(parts["comparison"], **headline(LM_NF4, s), table=table, anchor=anchor, task=LM_NF4.task.name)
+    merges = fill(parts["merges"], table=merge_table(s, results_dir)) if s["rows"] else ""
+    return fill(parts["comparison"], **headline(LM_NF4, s), table=table, merges=merges, anchor=anchor, task=LM_NF4.task.name)
 
 
 def render(r: dict, results_dir: Path) -> str:
