@@ -131,9 +131,8 @@ FLOAT_LABELS = tuple(ENTRIES)  # the entries above, of float backbones; the full
 QLORA_ENTRIES = {
     "QLoRA": Entry("lora", "qlora"),
     "QLoRA cascade": Entry("lorasc", "qlora", NO_NOISE),  # the library's defaults but the noise, which needs a float backbone
-    # cut to finish on a shared 2-core CPU: the two chains of α = 1 run at the cascade's chosen LR, without a grid of their own
-    "re-quantized ReLoRA": Entry("qrelora", ("QLoRA cascade",)),
-    "QLoRA COLA": Entry("cola", ("QLoRA cascade",)),  # last: a sweep cut short loses its seeds first
+    "re-quantized ReLoRA": Entry("qrelora", "qlora"),
+    "QLoRA COLA": Entry("cola", "qlora"),  # last: a sweep cut short loses its seeds first
 }
 ENTRIES.update(QLORA_ENTRIES)
 RIVALS = ("LoRA", "LoRA+", "DoRA", "COLA")

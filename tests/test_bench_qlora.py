@@ -27,9 +27,8 @@ def every_spec(p):
 
 def test_its_specs_carry_quantize_and_the_stack_budget_into_the_run_config():
     board, results = every_spec(LM_NF4)
-    own_grid = [label for label in LM_NF4.labels if isinstance(ENTRIES[label].lrs, str)]
-    assert own_grid == ["QLoRA", "QLoRA cascade"]  # the others borrow the cascade's chosen LR
-    assert len(results) == 2 * len(own_grid) + len(LM_NF4.labels) - len(own_grid) + (LM_NF4.final_seeds - 1) * len(LM_NF4.finalists)
+    assert all(ENTRIES[label].lrs == "qlora" for label in LM_NF4.labels)  # every method chooses its own LR of the two
+    assert len(results) == 2 * len(LM_NF4.labels) + (LM_NF4.final_seeds - 1) * len(LM_NF4.finalists)
     for spec in PLANS["grid"](LM_NF4, board) + PLANS["seeds"](LM_NF4, board):
         assert spec["run"]["quantize"] == "nf4" and spec["lorasc"]["slow_budget"] == SLOW_BUDGET
         assert RunConfig(**spec["run"]).quantize == "nf4" and LoRASCConfig.from_dict(spec["lorasc"]).slow_budget == SLOW_BUDGET
