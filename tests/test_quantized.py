@@ -1,91 +1,21 @@
 """The cascade on bitsandbytes 4-bit and 8-bit backbones (quantized.py), on the CPU with a tiny Llama:
-the packed weights are never touched, and the model computes deQ(W0_q)·x + S·x exactly."""
+the packed weights are never touched, and the model computes deQ(W0_q)·x + S·x exactly. Exports:
+test_quantized_exports.py; the CLI: test_quantized_cli.py."""
 
 import copy
-import json
-import warnings
 
 import pytest
 import torch
-from conftest import expert, tiny_llama, token_batches, train_cascade, word_tokenizer
+from conftest import expert, tiny_llama, token_batches, train_cascade
 
-bnb = pytest.importorskip("bitsandbytes")
-from peft import PeftModel  # noqa: E402
-from transformers import AutoModelForCausalLM, BitsAndBytesConfig  # noqa: E402
+pytest.importorskip("bitsandbytes")
+from quantized_models import (ALPHA, QUANTIZATIONS, TARGETS, load_quantized, logits, packed_state, quantized_config,  # noqa: E402
+                              run_recording_experts, with_deltas)
 
-from lorasc import LoRASC, LoRASCConfig, export_dense, export_stacked  # noqa: E402
-from lorasc.quantized import dequantized, is_quantized, keep_dequantize_path  # noqa: E402
-from lorasc.requantize import export_requantized, surviving_fraction  # noqa: E402
+from lorasc import LoRASC, export_stacked  # noqa: E402
+from lorasc.quantized import dequantized  # noqa: E402
+from lorasc.requantize import surviving_fraction  # noqa: E402
 from lorasc.slow import NoStackedAdapter  # noqa: E402
-
-QUANTIZATIONS = {
-    "nf4": dict(load_in_4bit=True, bnb_4bit_quant_type="nf4"),
-    "nf4-double": dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True),
-    "fp4": dict(load_in_4bit=True, bnb_4bit_quant_type="fp4"),
-    "int8": dict(load_in_8bit=True),
-}
-TARGETS = ["q_proj", "v_proj"]
-ALPHA = 0.5
-
-
-@pytest.fixture(scope="module")
-def llama_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_llama().save_pretrained(folder)
-    word_tokenizer().save_pretrained(folder)
-    return folder
-
-
-def load_quantized(folder, kind="nf4"):
-    config = BitsAndBytesConfig(**QUANTIZATIONS[kind], bnb_4bit_compute_dtype=torch.float32)
-    model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=config, device_map="cpu", dtype=torch.float32)
-    keep_dequantize_path(model)
-    return model.train()  # bitsandbytes' int8 layers compute deQ(W)·x on the CPU in training mode only
-
-
-def quantized_config(**fields):
-    fields = {"num_cycles": 3, "slow_alpha": ALPHA, "noise_lambda": 0.0, "slow_budget": 100.0, **fields}
-    return LoRASCConfig(**fields, expert=expert(target_modules=TARGETS))
-
-
-def packed_state(model):
-    """Every quantized layer's packed data and quantization state, cloned."""
-    state = {}
-    for name, module in model.named_modules():
-        if is_quantized(module):
-            weight = module.weight
-            # bitsandbytes moves an int8 weight's scales into the layer's state at its first forward
-            scales = weight.SCB if getattr(weight, "SCB", None) is not None else getattr(module, "state", None) and module.state.SCB
-            quant = {"SCB": scales} if isinstance(module, bnb.nn.Linear8bitLt) else weight.quant_state.as_dict(packed=True)
-            state[name.removeprefix("base_model.model.").replace(".base_layer", "")] = {"data": weight.data.clone(), **{k: v.clone() for k, v in quant.items() if torch.is_tensor(v)}}
-    return state
-
-
-def with_deltas(model, deltas):
-    """`model` (a float model) with each `deltas` (module name -> S) added to its module's weight."""
-    with torch.no_grad():
-        for name, delta in deltas.items():
-            model.get_submodule(name).weight.add_(delta)
-    return model
-
-
-def run_recording_experts(cascade, batches, lr=1e-2):
-    """Train, recording each cycle's expert (A, B) just before the boundary merges it."""
-    experts = []
-
-    def record():
-        if cascade.steps + 1 in cascade.ends:
-            experts.append({n: (l.lora_A["default"].weight.detach().clone(), l.lora_B["default"].weight.detach().clone(),
-                                l.scaling["default"]) for n, l in cascade.layers.items()})
-
-    cascade.begin(len(batches))
-    train_cascade(cascade, cascade.optimizer(lr=lr), batches, before_step=record)
-    return experts
-
-
-def logits(model, batch):
-    with torch.no_grad():
-        return model(input_ids=batch["input_ids"]).logits
 
 
 @pytest.mark.parametrize("kind", list(QUANTIZATIONS))
@@ -160,22 +90,6 @@ def test_a_boundary_at_alpha_one_does_not_move_the_logits(llama_folder):
     assert len(jumps) == 3 and max(jumps) <= 1e-5
 
 
-def test_exports_from_a_quantized_backbone(llama_folder, tmp_path):
-    cascade = LoRASC(load_quantized(llama_folder), quantized_config())
-    run_recording_experts(cascade, token_batches(6))
-    probe = token_batches(1, seed=7)[0]
-    trained = logits(cascade.model, probe)
-
-    export_stacked(cascade, tmp_path / "adapter")  # the QLoRA deliverable, on a freshly loaded 4-bit backbone
-    loaded = PeftModel.from_pretrained(load_quantized(llama_folder), tmp_path / "adapter")
-    assert (logits(loaded, probe) - trained).abs().max() <= 1e-5
-
-    export_dense(cascade, tmp_path / "model")  # deQ(W0_q) + S, a plain float model
-    dense = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
-    assert not any(is_quantized(m) for m in dense.modules()) and getattr(dense.config, "quantization_config", None) is None
-    assert (logits(dense, probe) - trained).abs().max() <= 1e-5
-
-
 def test_resume_on_a_quantized_backbone_is_bitwise(llama_folder):
     batches = token_batches(9)
     whole = LoRASC(load_quantized(llama_folder), quantized_config())
@@ -235,33 +149,6 @@ def test_dora_is_refused_on_a_quantized_backbone(llama_folder):
         LoRASC(load_quantized(llama_folder), config)
 
 
-@pytest.mark.parametrize("scale, survives", [(0.005, False), (0.5, True)])
-def test_the_requantized_export_reports_what_survives(llama_folder, tmp_path, scale, survives):
-    """A delta far below half an NF4 code step (about 0.04 × a block's absmax) rounds back to the
-    codes; one of the size of the weights mostly survives."""
-    base = load_quantized(llama_folder)
-    dense = copy.deepcopy(base).dequantize(dtype=torch.float32)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name in ("model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.v_proj"):
-            weight = dense.get_submodule(name).weight
-            weight.add_(scale * weight.abs().max() * torch.randn(weight.shape, generator=gen).clamp(-1, 1))
-    dense.save_pretrained(tmp_path / "model")
-    config = BitsAndBytesConfig(**QUANTIZATIONS["nf4"], bnb_4bit_compute_dtype=torch.float32)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        fractions = export_requantized(tmp_path / "model", base, config, tmp_path / "requantized")
-    assert sorted(fractions) == ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.v_proj"]
-    report = json.loads((tmp_path / "requantized" / "requantization.json").read_text())
-    assert report["surviving_fraction"] == pytest.approx(fractions)
-    if survives:
-        assert min(fractions.values()) > 0.5 and not [w for w in caught if "erased" in str(w.message)]
-    else:
-        assert max(fractions.values()) < 0.1 and [w for w in caught if "most of what the cascade learned is erased" in str(w.message)]
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "requantized", device_map="cpu")
-    assert is_quantized(reloaded.get_submodule("model.layers.0.self_attn.q_proj"))
-
-
 def test_the_requantizing_baseline_rounds_most_of_its_experts_away(llama_folder, tmp_path):
     """quantized_merge='requantize' (the qrelora method) merges as the peers do, into the NF4 weights:
     they change, and they keep a small part of the learned S, which has no exact adapter."""
@@ -276,38 +163,3 @@ def test_the_requantizing_baseline_rounds_most_of_its_experts_away(llama_folder,
         export_stacked(cascade, tmp_path / "adapter")
     with pytest.raises(ValueError, match="quantized_merge='requantize' is not allowed: 'carry' on a float backbone"):
         LoRASC(tiny_llama(), quantized_config(quantized_merge="requantize"))
-
-
-def test_the_stacked_adapters_card_loads_it_on_the_quantized_backbone(llama_folder, tmp_path, monkeypatch):
-    """The card of an adapter trained on NF4 weights says so, and its code loads it there (with the
-    quantization config it prints): the trained logits within 1e-5, once on the dequantize path."""
-    from test_cards import read_card, run_loading_code
-
-    cascade = LoRASC(load_quantized(llama_folder), quantized_config())
-    run_recording_experts(cascade, token_batches(6))
-    probe = token_batches(1, seed=7)[0]
-    export_stacked(cascade, tmp_path / "adapter")
-    meta, text = read_card(tmp_path / "adapter")
-    assert "4-bit nf4" in text and "merge_and_unload() would re-quantize" in text and meta["library_name"] == "peft"
-    loaded = run_loading_code(tmp_path / "adapter", monkeypatch)["model"]
-    keep_dequantize_path(loaded)  # as the card's comment says, for this CPU
-    assert any(is_quantized(m) for m in loaded.modules())
-    assert (logits(loaded.train(), probe) - logits(cascade.model, probe)).abs().max() <= 1e-5
-
-
-def test_the_dense_export_of_a_bfloat16_backbone_rounds_once(llama_folder, tmp_path):
-    """With the backbone loaded in bfloat16, each adapted weight of the dense export is exactly
-    round_bf16(deQ(W0_q) + S), S summed in float32 from the experts as recorded."""
-    config = BitsAndBytesConfig(**QUANTIZATIONS["nf4"], bnb_4bit_compute_dtype=torch.bfloat16)
-    model = AutoModelForCausalLM.from_pretrained(llama_folder, quantization_config=config, device_map="cpu", dtype=torch.bfloat16)
-    deq = {name: dequantized(module) for name, module in model.named_modules() if is_quantized(module)}
-    cascade = LoRASC(model, quantized_config())
-    experts = run_recording_experts(cascade, token_batches(6))
-    export_dense(cascade, tmp_path / "model")
-    dense = AutoModelForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.bfloat16)
-    for name in cascade.layers:
-        module = name.removeprefix("base_model.model.")
-        delta = sum(ALPHA * s * (b.float() @ a.float()) for a, b, s in (e[name] for e in experts))
-        assert torch.equal(dense.get_submodule(module).weight, (deq[module] + delta).to(torch.bfloat16)), module
-    untouched = "model.layers.0.mlp.up_proj"
-    assert torch.equal(dense.get_submodule(untouched).weight, deq[untouched].to(torch.bfloat16))
