@@ -9,6 +9,7 @@ from statistics import fmean
 from pathlib import Path
 
 from lorasc import LoRASCConfig
+from lorasc.quantized import budget_rank
 
 from .planner import Board
 from .protocol import LM_NF4
@@ -105,7 +106,7 @@ def render(r: dict, results_dir: Path) -> str:
                 threads=s["threads"], warmup=s["warmup"], timed=c["timed_steps"], sum_in_out=f"{c['sum_in_out']:,}",
                 sum_weights=f"{c['sum_weights']:,}", formula_check="equal at every R" if formulas else "**not equal**",
                 packed=mib(c["packed_bytes"]), budget=f"{budget:g}",
-                budget_rank=int(budget * c["packed_bytes"] // (4 * c["sum_in_out"])), footprint=mib(c["footprint_bytes"]), cost_table=cost_table(r),
+                budget_rank=budget_rank(budget, c["packed_bytes"], [c["sum_in_out"]]), footprint=mib(c["footprint_bytes"]), cost_table=cost_table(r),
                 wall=f"{r['wall_s'] / 60:.0f} min", command=r["command"])
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import sys
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -112,8 +113,9 @@ class QuantizedBackbone:
         self.stacks = {name: CarriedStack() for name in layers}
         for name, layer in layers.items():
             layer.get_base_layer().register_forward_hook(self.stacks[name])
-        self.limit = budget * sum(packed_bytes(layer.get_base_layer()) for layer in layers.values())
-        self.budget_rank = max(1, int(self.limit // (FLOAT32_BYTES * sum(in_out(layer) for layer in layers.values()))))
+        self.packed = sum(packed_bytes(layer.get_base_layer()) for layer in layers.values())
+        self.sizes = {name: in_out(layer) for name, layer in layers.items()}
+        self.budget_rank = budget_rank(budget, self.packed, self.sizes.values())
 
     def pristine32(self, name: str) -> torch.Tensor:
         return dequantized(self.layers[self.layer_of[name]].get_base_layer())
@@ -138,21 +140,23 @@ class QuantizedBackbone:
                 carried.update({f"{name}.lorasc_stack.A": stack.a, f"{name}.lorasc_stack.B": stack.b})
         return carried
 
-    def stack_bytes(self, ranks: dict[str, int]) -> int:
-        return FLOAT32_BYTES * sum(rank * in_out(self.layers[name]) for name, rank in ranks.items())
+    def stack_ranks(self, slow: LowRankSlow, added: dict[str, int]) -> list[tuple[int, int]]:
+        """(rank, m + n) per layer of `slow`'s stack with `added` ranks more."""
+        return [(stack_rank(slow, name) + added.get(name, 0), size) for name, size in self.sizes.items()]
 
     def check_plan(self, slow: LowRankSlow, added: dict[str, int]) -> None:
         """Refuse (overflow 'stop') a plan that adds `added` ranks per layer to `slow`'s stack past the budget."""
-        ranks = {name: stack_rank(slow, name) + added.get(name, 0) for name in self.layers}
         if self.overflow == "stop":
-            check_stack_budget(self.stack_bytes(ranks), self.limit / self.budget, self.budget, max(ranks.values()))
+            check_stack_budget(self.stack_ranks(slow, added), self.packed, self.budget)
 
     def fitted(self, slow: LowRankSlow) -> LowRankSlow:
-        """`slow`, truncated to the budget's rank when it does not fit and overflow is 'compress'."""
-        self.check_plan(slow, {})
-        fits = self.stack_bytes({name: stack_rank(slow, name) for name in self.layers}) <= self.limit
-        return slow if fits else slow.compressed(self.budget_rank)
-
+        """`slow` if it fits the budget; past it, refused (overflow 'stop') or truncated to the budget's rank."""
+        stack = self.stack_ranks(slow, {})
+        if stack_bytes(stack) <= self.budget * self.packed:
+            return slow
+        if self.overflow == "stop":
+            check_stack_budget(stack, self.packed, self.budget)
+        return slow.compressed(self.budget_rank)
 
     @torch.no_grad()
     def materialized(self, model: torch.nn.Module, slow: LowRankSlow, dtype: torch.dtype | None) -> torch.nn.Module:
@@ -201,14 +205,25 @@ def requantize_into(module: torch.nn.Module, delta: torch.Tensor) -> None:
                                                     quant_type=state.quant_type, quant_storage=weight.quant_storage)
 
 
-def check_stack_budget(needed: int, packed: int, budget: float, rank: int) -> None:
-    """Refuse a stack of `needed` float32 bytes (rank up to `rank`) past `budget` × the `packed` bytes of
-    the quantized adapted weights."""
+def stack_bytes(stack: Iterable[tuple[int, int]]) -> int:
+    """The float32 bytes of a stack given as (rank R, m + n) per m × n layer: Σ R·(m + n)·4."""
+    return FLOAT32_BYTES * sum(rank * size for rank, size in stack)
+
+
+def budget_rank(budget: float, packed: int, sizes: Iterable[int]) -> int:
+    """The largest rank, the same for every layer (m + n in `sizes`), whose stack fits in `budget` × the
+    `packed` bytes of the quantized adapted weights; at least 1."""
+    return max(1, int(budget * packed // stack_bytes((1, size) for size in sizes)))
+
+
+def check_stack_budget(stack: list[tuple[int, int]], packed: int, budget: float) -> None:
+    """Refuse a stack, (rank, m + n) per layer, past `budget` × the `packed` bytes of the quantized adapted weights."""
+    needed = stack_bytes(stack)
     if needed > budget * packed:
         raise ValueError(
             f"slow_budget={budget} is not allowed: the planned stack needs {needed / 2**20:.2f} MiB of float32 factors "
-            f"(rank up to {rank} per layer), more than {budget:g} × the {packed / 2**20:.2f} MiB of quantized adapted weights; "
-            f"raise slow_budget to at least {math.ceil(100 * needed / packed) / 100:.2f}, "
+            f"(rank up to {max(rank for rank, _ in stack)} per layer), more than {budget:g} × the {packed / 2**20:.2f} MiB of quantized "
+            f"adapted weights; raise slow_budget to at least {math.ceil(100 * needed / packed) / 100:.2f}, "
             "or set slow_overflow=compress to truncate the stack by SVD (no longer exact)")
 
 

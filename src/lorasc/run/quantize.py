@@ -8,7 +8,7 @@ import math
 
 from ..config import LoRASCConfig, require
 from ..methods import METHODS
-from ..quantized import FLOAT32_BYTES, check_quantizable, check_stack_budget
+from ..quantized import check_quantizable, check_stack_budget
 from ..schedule import check_cycle_plan
 from ..targets import adapted_shapes
 from .errors import CliError
@@ -61,6 +61,5 @@ def check_quantized_run(run: RunConfig, config: LoRASCConfig, empty_model, steps
     shapes = adapted_shapes(empty_model, method_config.expert).values()
     cycles = check_cycle_plan(method_config, total_steps, steps_per_epoch)
     rank = cycles * method_config.expert.r
-    needed = FLOAT32_BYTES * rank * sum(out + inp for out, inp in shapes)
     packed = sum(math.ceil(out * inp * BITS[run.quantize] / 8) for out, inp in shapes)
-    check_stack_budget(needed, packed, method_config.slow_budget, rank)
+    check_stack_budget([(rank, out + inp) for out, inp in shapes], packed, method_config.slow_budget)
