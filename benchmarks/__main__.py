@@ -27,8 +27,9 @@ from pathlib import Path
 from . import RESULTS, ROOT, study
 from .planner import MAIN, PLANS, Board
 from .protocol import FULL, PROTOCOLS, QUICK, QUICK_SMALL_DATA, QUICK_STUDIES, SMALL_DATA, STUDIES, Protocol, benchmark_of
-from .report import refresh_scale_section, refresh_section, write_report, write_study
+from .report import refresh_scale_section, refresh_section, write_report
 from .runner import default_jobs, read_results, run_missing
+from .study_report import write_study
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

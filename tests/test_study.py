@@ -10,8 +10,8 @@ from benchmarks import __main__ as cli
 from benchmarks import study
 from benchmarks.planner import Board
 from benchmarks.protocol import QUICK, Study
-from benchmarks.report import write_study
 from benchmarks.runner import read_results
+from benchmarks.study_report import write_study
 
 FACTORS = {
     "λ=0": {"noise_lambda": 0.0},
