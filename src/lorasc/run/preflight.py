@@ -24,7 +24,7 @@ def check_run_inputs(run: RunConfig, config: LoRASCConfig) -> TaskData:
         check_head(path, data.labels)
     check_rendering(run, data)
     METHODS[run.method].check_inputs(config, empty_model(path, run.task), *run.steps(len(data.train)))
-    check_quantized_run(run, config, empty_model(path, run.task), *run.steps(len(data.train)))
+    check_quantized_run(run, config, path, *run.steps(len(data.train)))
     return data
 
 

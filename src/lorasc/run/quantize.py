@@ -12,6 +12,7 @@ from ..quantized import check_quantizable, check_stack_budget
 from ..schedule import check_cycle_plan
 from ..targets import adapted_shapes
 from .errors import CliError
+from .model_files import empty_model
 from .run_config import DTYPES, RunConfig
 
 BITS = {"nf4": 4, "fp4": 4, "int8": 8}
@@ -42,9 +43,10 @@ def quantization_config(run: RunConfig):
                               bnb_4bit_compute_dtype=DTYPES[run.compute_dtype or run.dtype], llm_int8_skip_modules=UNQUANTIZED)
 
 
-def check_quantized_run(run: RunConfig, config: LoRASCConfig, empty_model, steps_per_epoch: int, total_steps: int) -> None:
+def check_quantized_run(run: RunConfig, config: LoRASCConfig, path: str, steps_per_epoch: int, total_steps: int) -> None:
     """Before anything loads: bitsandbytes is there, the method's settings can be carried beside quantized
-    weights, and (slow_overflow stop) the planned stack fits slow_budget. `empty_model` is on the meta device."""
+    weights, and (slow_overflow stop) the planned stack fits slow_budget, on the model of folder `path`
+    built on the meta device."""
     method_config = METHODS[run.method].config(config)
     if run.quantize is None:
         require(method_config.quantized_merge == "carry", "quantized_merge", method_config.quantized_merge,
@@ -58,7 +60,7 @@ def check_quantized_run(run: RunConfig, config: LoRASCConfig, empty_model, steps
     check_quantizable(method_config)
     if method_config.slow_overflow != "stop" or method_config.quantized_merge != "carry":
         return  # truncated when it passes the budget, or nothing carried
-    shapes = adapted_shapes(empty_model, method_config.expert).values()
+    shapes = adapted_shapes(empty_model(path, run.task), method_config.expert).values()
     cycles = check_cycle_plan(method_config, total_steps, steps_per_epoch)
     rank = cycles * method_config.expert.r
     packed = sum(math.ceil(out * inp * BITS[run.quantize] / 8) for out, inp in shapes)
