@@ -13,7 +13,11 @@ step count and the Trainer keeps its own (non-jagged) schedule.
 
 With tasks (tasks.py), each `train()` call is one task: call `cascade.begin_task(name, N)` before it, or
 name the tasks, `LoRASCCallback(cascade, tasks=["a", "b"])`, for the callback to plan each one as above.
-At the end of each `train()` the task ends: the backbone is clean for an evaluation between tasks.
+At the end of each `train()` the task ends: the backbone is clean for an evaluation between tasks (with
+`task_boundary="keep"` the expert goes on unmerged: call `cascade.finish()` after the last task).
+
+Before each optimizer step the callback adds O-LoRA's gradient (`olora_lambda`, olora.py); the Trainer
+has clipped the gradients by then, so the penalty's part is not clipped (the plain loop clips after it).
 
 Every log of the Trainer gains `lorasc/cycle` (the cycle of the last step); the first log after a
 merge also gains `lorasc/experts_merged` and `lorasc/slow_step` (LoRASC.cycle_metrics), in the
@@ -52,6 +56,10 @@ class LoRASCCallback(TrainerCallback):
                                "or name one more task in LoRASCCallback(cascade, tasks=[...])")
         elif not self.cascade.ends:
             self.cascade.begin(state.max_steps, steps_per_epoch)
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        """After the Trainer clipped the gradients (`max_grad_norm`): O-LoRA's gradient is added unclipped."""
+        self.cascade.before_optimizer_step()
 
     def on_step_end(self, args, state, control, optimizer=None, **kwargs):
         self.cascade.step(optimizer)

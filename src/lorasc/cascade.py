@@ -10,7 +10,9 @@ Per adapted matrix W (METHOD.md), with W0 its pristine value and S the slow stat
 
 Merge is PEFT's: W + s·B·A for LoRA and rsLoRA, (m / ‖W + s·B·A‖_c)·(W + s·B·A) for DoRA. Each
 option has its own strategy object: the slow state per expert type (slow.py), how a fresh expert
-starts (init.py), the head's slow step (slow.py); the backbone rewrites (backbone.py).
+starts (init.py), the head's slow step (slow.py); the backbone rewrites (backbone.py); the
+continual-learning options: O-LoRA's loss (olora.py), the merged EMA shadow (shadow.py), what a task's
+end does and the slow step per task (tasks.py).
 Usage in a plain loop:
 
     cascade = LoRASC(model, LoRASCConfig(num_cycles=4))
@@ -19,6 +21,7 @@ Usage in a plain loop:
     scheduler = cascade.scheduler(optimizer, warmup_steps=20)
     for batch in loader:
         cascade.model(**batch).loss.backward()
+        cascade.before_optimizer_step()  # O-LoRA's gradient, when olora_lambda is set
         optimizer.step(); scheduler.step(); optimizer.zero_grad()
         cascade.step(optimizer)          # at a cycle boundary: merge, clean backbone, next expert
 """
@@ -26,6 +29,7 @@ Usage in a plain loop:
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 from peft import PeftModel
@@ -38,13 +42,15 @@ from .config import LoRASCConfig
 from .distributed import assert_replicas_identical
 from .init import INIT_STRATEGIES, BatchSource
 from .noise import matrix_seed
+from .olora import penalty_for
 from .optimizer_state import carry_state
 from .quantized import backbone_for, is_quantized
 from .schedule import cycle_ends, jagged_scheduler
 from .backbone import backbone_targets
+from .shadow import shadow_for
 from .slow import FinishedExpert, KeepHead, SlowHead, relative_step, slow_state_for
 from .targets import with_model_defaults, wrap_model
-from .tasks import TaskLog, task_ends
+from .tasks import TASK_BOUNDARIES, TaskLog, merge_alpha, task_ends
 
 
 class LoRASC:
@@ -80,6 +86,9 @@ class LoRASC:
         self.backbone = backbone_for(config, self.model, *targets)
         self.slow = slow_state_for(config.expert, config.quantized_merge)()
         self.head = SlowHead(config.slow_alpha) if config.slow_head else KeepHead()
+        self.penalty = penalty_for(config.olora_lambda, config.olora_norm)
+        self.shadow = shadow_for(config.expert_ema)
+        self.boundary = TASK_BOUNDARIES[config.task_boundary]()
         self.cycle = 0  # index of the current (or last finished) cycle, 1-based
         self.steps = 0  # optimizer steps taken
         self.ends: list[int] = []  # the optimizer-step count at which each planned cycle ends
@@ -104,6 +113,7 @@ class LoRASC:
         if optimizer is not None:
             carry_state(optimizer, self.expert_params, self.config.optimizer_state, self.config.prune_ratio)
         self.head.begin(self.head_params)
+        self.shadow.start(self.layers, self.adapter)
         self.in_cycle = True
 
     @torch.no_grad()
@@ -112,7 +122,8 @@ class LoRASC:
         zero expert. Atomic: if it fails, the weights and the cascade's state are as before the call."""
         if not self.in_cycle:
             raise RuntimeError("no cycle is running; call start_cycle() first")
-        slow = self.backbone.fitted(self.slow.merged(self._finished_expert(), self.config.slow_alpha))
+        expert = self._finished_expert()
+        slow = self.backbone.fitted(self.slow.merged(expert, merge_alpha(self.config, self.tasks)))
         head = self.head.merged(self.head_params)
         step = relative_step(self.slow, slow, self.layers, lambda name: self.backbone.pristine32(self.backbone.param_of[name]))
         try:
@@ -123,6 +134,7 @@ class LoRASC:
         self.slow, self.slow_step = slow, step
         for name, value in head.items():
             self.head_params[name].copy_(value)
+        self.penalty.record(self.layers, expert.factors)
         self.init.end(self.layers, self.adapter)
         self._zero_experts()
         self.in_cycle = False
@@ -144,17 +156,23 @@ class LoRASC:
     def begin(self, total_steps: int, steps_per_epoch: int | None = None) -> list[int]:
         """Plan the cycles of a run of `total_steps` optimizer steps and start the first one."""
         self.ends = cycle_ends(self.config, total_steps, steps_per_epoch)
-        self._check_plan(len(self.ends) - (self.cycle - int(self.in_cycle)))
+        self.check_plan(len(self.ends) - (self.cycle - int(self.in_cycle)))
         if self.cycle == 0:
             self.start_cycle()
         return self.ends
+
+    def before_optimizer_step(self) -> None:
+        """Call between backward and the optimizer step: adds O-LoRA's gradient to the expert's A (olora.py)."""
+        if self.in_cycle:
+            self.penalty.add_gradients(self.layers, self.adapter)
 
     def step(self, optimizer: Optimizer | None = None) -> bool:
         """Call after every optimizer step. Returns True when a cycle ended at this step."""
         if not self.ends:
             raise RuntimeError("call begin(total_steps, steps_per_epoch) before step()")
         self.steps += 1
-        if self.steps not in self.ends:
+        self.shadow.update(self.layers, self.adapter)
+        if not self.boundary.ends_cycle(self):
             return False
         self.end_cycle()
         if self.steps < self.ends[-1]:
@@ -170,24 +188,18 @@ class LoRASC:
     def begin_task(self, name: str, total_steps: int, num_cycles: int | None = None, cycle_steps: int | None = None,
                    steps_per_epoch: int | None = None, optimizer: Optimizer | None = None) -> list[int]:
         """Plan task `name`, the next `total_steps` optimizer steps, cut into cycles by `num_cycles` or
-        `cycle_steps` (else as the config cuts a run), and start its first cycle, with `optimizer`'s state
-        carried as at every new expert (`optimizer_state`). Returns the task's cycle ends."""
-        if self.in_cycle:
-            raise RuntimeError(f"cycle {self.cycle} is still running; call end_task() (or finish()) first")
-        ends = task_ends(self.config, self.steps, total_steps, num_cycles, cycle_steps, steps_per_epoch)
-        self._check_plan(len(ends))
-        self.tasks.begin(name, self.cycle + 1, self.steps)
-        self.ends = [*self._ends_so_far(), *ends]
-        self.start_cycle(optimizer)
-        return ends
+        `cycle_steps` (else as the config cuts a run), and start it as `task_boundary` says (tasks.py): its
+        first cycle, with `optimizer`'s state carried as at every new expert (`optimizer_state`), or the
+        running expert going on. Returns the task's cycle ends."""
+        plan = functools.partial(task_ends, self.config, self.steps, total_steps, num_cycles, cycle_steps, steps_per_epoch)
+        return self.boundary.begin(self, name, plan, optimizer)
 
     def end_task(self) -> None:
-        """End the running task: merge its running expert, noise off, and start nothing, so that until the next
-        `begin_task` the backbone holds W0 + S exactly. Ended early, the task's unfinished cycles are dropped."""
+        """End the running task as `task_boundary` says: "merge" merges its running expert, noise off, and starts
+        nothing, so that until the next `begin_task` the backbone holds W0 + S exactly; "keep" merges nothing.
+        Ended early, the task's unfinished cycles are dropped."""
         self.tasks.current()  # RuntimeError unless a task is running
-        self.finish()
-        self.ends = self._ends_so_far()
-        self.tasks.end(self.cycle)
+        self.boundary.end(self)
 
     @property
     def num_cycles(self) -> int:
@@ -196,11 +208,11 @@ class LoRASC:
     def cycle_metrics(self) -> dict[str, float]:
         """For loggers: the cycle of the last optimizer step, the experts merged so far, and (after a merge)
         the last slow step's size ‖α·ΔW‖/‖W‖, Frobenius norms over all adapted matrices on the clean W."""
-        trained_in = self.cycle - int(self.in_cycle and self.steps in self.ends)  # a boundary has started the next cycle
+        trained_in = self.cycle - int(self.in_cycle and self.steps in self.ends[: self.cycle - 1])  # a boundary started this cycle
         metrics = {"lorasc/cycle": trained_in, "lorasc/experts_merged": self.cycle - int(self.in_cycle)}
         if self.slow_step is not None:
             metrics["lorasc/slow_step"] = self.slow_step
-        return metrics
+        return {**metrics, **self.penalty.metrics()}
 
     # ---- optimizer and schedule -----------------------------------------------------------
     def optimizer(self, lr: float, weight_decay: float = 0.0, optimizer_cls: type[Optimizer] = torch.optim.AdamW) -> Optimizer:
@@ -224,17 +236,10 @@ class LoRASC:
     def state_dict(self) -> dict:
         """The cascade's own state: plain values and tensors (`torch.load(weights_only=True)` reads it).
         The expert and the head are the model's trainable parameters; the backbone is rebuilt."""
-        return {
-            "cycle": self.cycle,
-            "steps": self.steps,
-            "ends": list(self.ends),
-            "in_cycle": self.in_cycle,
-            "slow": self.slow.state_dict(),
-            "init": self.init.state_dict(),
-            "head": self.head.state_dict(),
-            "slow_step": self.slow_step,
-            "tasks": self.tasks.state_dict(),
-        }
+        return {"cycle": self.cycle, "steps": self.steps, "ends": list(self.ends), "in_cycle": self.in_cycle,
+                "slow": self.slow.state_dict(), "init": self.init.state_dict(), "head": self.head.state_dict(),
+                "slow_step": self.slow_step, "tasks": self.tasks.state_dict(), "olora": self.penalty.state_dict(),
+                "shadow": self.shadow.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore the state and rebuild the backbone from W0 (with the noise if a cycle is running).
@@ -245,6 +250,8 @@ class LoRASC:
         self.head.load_state_dict(state["head"])
         self.slow_step = state.get("slow_step")  # absent from checkpoints written before it was kept
         self.tasks = TaskLog.from_state(state.get("tasks", []))  # absent before tasks
+        self.penalty.load_state_dict(state.get("olora", {}))  # absent before O-LoRA
+        self.shadow.load_state_dict(state.get("shadow", {}))  # absent before EMA shadows
         self._write_backbone()
 
     # ---- internals ------------------------------------------------------------------------
@@ -253,11 +260,11 @@ class LoRASC:
         modules = [getattr(layer, name) for name in layer.adapter_layer_names]
         return [p for m in modules if self.adapter in m for p in m[self.adapter].parameters()]
 
-    def _check_plan(self, cycles: int) -> None:
+    def check_plan(self, cycles: int) -> None:
         """Refuse a plan that merges `cycles` more experts than the backbone can carry (a quantized one's budget)."""
         self.backbone.check_plan(self.slow, {name: cycles * layer.r[self.adapter] for name, layer in self.layers.items()})
 
-    def _ends_so_far(self) -> list[int]:
+    def ends_so_far(self) -> list[int]:
         """The ends of the cycles run so far; the last one (ended early, or with its task) at the current step."""
         return [*self.ends[: self.cycle - 1], self.steps] if self.cycle else []
 
@@ -269,7 +276,8 @@ class LoRASC:
             self.backbone.write(self.slow)
 
     def _finished_expert(self) -> FinishedExpert:
-        return FinishedExpert(self.layers, self.adapter, factors=lambda name: self.init.factors(name, self.layers[name], self.adapter),
+        return FinishedExpert(self.layers, self.adapter,
+                              factors=lambda name: self.shadow.factors(name, self.init.factors(name, self.layers[name], self.adapter)),
                               clean=lambda name: self.backbone.clean32(self.backbone.param_of[name], self.slow))
 
     def _seeded(self, seed: int):

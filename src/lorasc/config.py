@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +14,10 @@ from .noise import NOISE_KINDS
 NOISE_TARGETS = ("adapted", "all")
 OPTIMIZER_STATE_MODES = ("reset", "keep", "prune")
 SLOW_OVERFLOW_MODES = ("stop", "compress")  # quantized.py: when the carried stack outgrows slow_budget
-QUANTIZED_MERGES = ("carry", "requantize")  # quantized.py carries S beside 4-bit weights; requantize.py folds it in, as the peers do
+QUANTIZED_MERGES = ("carry", "requantize")
+OLORA_NORMS = ("l1", "fro")  # olora.py: the O-LoRA authors' code sums |entries|; their paper squares them (Frobenius)
+TASK_ALPHAS = ("constant", "inv-sqrt")  # tasks.py: the merges of task t step by slow_alpha, or slow_alpha/√t (SLAO)
+TASK_BOUNDARIES = ("merge", "keep")  # tasks.py: a task's end merges its expert, or the expert goes on (SeqLoRA)  # quantized.py carries S beside 4-bit weights; requantize.py folds it in, as the peers do
 EXPERT_INITS = tuple(INIT_STRATEGIES)
 # Inits that PEFT's `reset_lora_parameters` redraws without touching the backbone. The others
 # (PiSSA, OLoRA, LoftQ, EVA, LoRA-GA, CorDA) rewrite the base weight when applied, so re-running
@@ -55,6 +59,11 @@ class LoRASCConfig:
     slow_budget: float = 0.5  # quantized backbones: the carried stack's float32 bytes / the packed adapted weights' bytes
     slow_overflow: str = "stop"
     quantized_merge: str = "carry"  # "requantize": the re-quantize-every-merge baseline (the qrelora method)
+    olora_lambda: float | None = None  # O-LoRA's orthogonality loss weight λ1 (olora.py); None: no such loss
+    olora_norm: str = "l1"
+    expert_ema: float | None = None  # I-LoRA's EMA shadow decay d (shadow.py): the shadow is merged; None: the fast expert is
+    task_alpha: str = "constant"
+    task_boundary: str = "merge"
     seed: int = 0
     expert: LoraConfig = field(default_factory=lambda: LoraConfig(**DEFAULT_EXPERT))
 
@@ -88,6 +97,7 @@ class LoRASCConfig:
         require(self.quantized_merge in QUANTIZED_MERGES, "quantized_merge", self.quantized_merge, f"one of {QUANTIZED_MERGES}")
         require(self.slow_overflow in SLOW_OVERFLOW_MODES, "slow_overflow", self.slow_overflow, f"one of {SLOW_OVERFLOW_MODES}")
         require(self.loraplus_lr_ratio > 0, "loraplus_lr_ratio", self.loraplus_lr_ratio, "a float > 0; 1 is plain LoRA, 16 is LoRA+")
+        self._check_continual()
         require(isinstance(self.expert, LoraConfig), "expert", type(self.expert).__name__, "a peft.LoraConfig")
         require(isinstance(self.expert.r, int) and self.expert.r >= 1, "expert.r", self.expert.r, "an integer >= 1")
         require(self.expert.lora_alpha > 0, "expert.lora_alpha", self.expert.lora_alpha, "a number > 0")
@@ -99,6 +109,27 @@ class LoRASCConfig:
             self.expert.init_lora_weights,
             "True (Kaiming A, zero B) or 'gaussian': a fresh expert each cycle must leave the backbone untouched",
         )
+
+    def _check_continual(self) -> None:
+        """The continual-learning options (olora.py, shadow.py, tasks.py)."""
+        dora = isinstance(self.expert, LoraConfig) and self.expert.use_dora
+        require(self.olora_lambda is None or (isinstance(self.olora_lambda, (int, float)) and math.isfinite(self.olora_lambda)
+                                              and self.olora_lambda >= 0), "olora_lambda", self.olora_lambda,
+                "None (no O-LoRA loss) or a finite float >= 0, e.g. 0.5")
+        require(self.olora_lambda is None or not dora, "olora_lambda", self.olora_lambda,
+                "None with a DoRA expert (O-LoRA's loss is defined on LoRA's A); set expert.use_dora=False")
+        require(self.olora_norm in OLORA_NORMS, "olora_norm", self.olora_norm, f"one of {OLORA_NORMS}")
+        require(self.expert_ema is None or (isinstance(self.expert_ema, (int, float)) and 0.0 <= self.expert_ema < 1.0),
+                "expert_ema", self.expert_ema, "None (merge the fast expert) or a decay in [0, 1), e.g. 0.99")
+        require(self.expert_ema is None or not dora, "expert_ema", self.expert_ema,
+                "None with a DoRA expert (the shadow averages A and B, not DoRA's magnitude); set expert.use_dora=False")
+        require(self.task_alpha in TASK_ALPHAS, "task_alpha", self.task_alpha, f"one of {TASK_ALPHAS}")
+        require(self.task_alpha == "constant" or not self.slow_head, "task_alpha", self.task_alpha,
+                "'constant' with slow_head=True (the head's slow step is the constant slow_alpha)")
+        require(self.task_boundary in TASK_BOUNDARIES, "task_boundary", self.task_boundary, f"one of {TASK_BOUNDARIES}")
+        require(self.task_boundary == "merge" or self.noise_lambda == 0, "task_boundary", self.task_boundary,
+                f"'merge' with noise_lambda={self.noise_lambda} ('keep' evaluates between tasks on a running expert, "
+                "so the backbone must be clean); set noise_lambda=0")
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "expert"}

@@ -27,6 +27,9 @@ class FullFineTune:
     def scheduler(self, optimizer, warmup_steps: int = 0):
         return jagged_scheduler(optimizer, self.ends[-1], warmup_steps, self.ends, rewarmup_steps=0)
 
+    def before_optimizer_step(self) -> None:
+        pass  # no experts: no O-LoRA loss
+
     def step(self, optimizer=None) -> bool:
         self.steps += 1
         return self.steps == self.ends[-1]

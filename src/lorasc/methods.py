@@ -17,8 +17,17 @@ these and nothing else, so it has no per-method branch.
     qrelora     ReLoRA as QLoRA users run it (axolotl): each merge re-quantized into the 4-bit weights, a
                 baseline for the exact quantized cascade (quantized.py); 4-bit backbones only
     noisytune   LoRA on a backbone perturbed once by λ (NoisyTune)
-    lorasc      the cascade as configured (LoRASC)
+    lorasc      the cascade as configured (LoRASC); with tasks, K cycles per task
     full        every weight trained: the upper reference, not a rival on the same budget
+
+Continual learning (a sequence of tasks, `LoRASC.begin_task`/`end_task`; the runner reads `sequence`):
+
+    seq-lora    one LoRA trained through the whole sequence, merged at the end (task_boundary="keep")
+    inc-lora    a fresh LoRA per task, merged (α = 1) at the task's end: one cycle per task
+    o-lora      inc-lora with O-LoRA's orthogonality loss (olora_lambda, 0.5 unless set)
+    ema         inc-lora merging an EMA shadow of each expert (expert_ema, 0.99 unless set), I-LoRA's idea
+    multitask   one LoRA on the union of the tasks' data (sequence="joint": the runner mixes the data)
+    single      one LoRA per task from the pretrained model (sequence="separate"): the per-task reference
 """
 
 from __future__ import annotations
@@ -41,23 +50,40 @@ from .slow import NoStackedAdapter
 from .targets import check_targets
 
 Trained = LoRASC | FullFineTune  # what `build` returns and the loop drives
-ONE_EXPERT = {"slow_alpha": 1.0, "noise_lambda": 0.0, "num_cycles": 1, "cycle_steps": None}
-CHAIN = {"slow_alpha": 1.0, "noise_lambda": 0.0}
+# The continual-learning options off: a baseline is itself whatever a settings file shared by several methods sets
+# (only `lorasc`, as configured, takes them); o-lora and ema set theirs through `defaults`.
+PLAIN = {"olora_lambda": None, "expert_ema": None, "task_alpha": "constant", "task_boundary": "merge"}
+ONE_EXPERT = {**PLAIN, "slow_alpha": 1.0, "noise_lambda": 0.0, "num_cycles": 1, "cycle_steps": None}
+CHAIN = {**PLAIN, "slow_alpha": 1.0, "noise_lambda": 0.0}
+PER_TASK = ONE_EXPERT  # with tasks: one fresh expert per task, merged at its end
+SEQUENCES = ("sequential", "joint", "separate")  # how a continual runner feeds a method the tasks
 
 
 @dataclass(frozen=True)
 class Method:
-    """A preset of the LoRASC engine: the config fields it fixes, and whether it perturbs the
-    backbone once before training (by the configured `noise_lambda`)."""
+    """A preset of the LoRASC engine: the config fields it fixes, the defaults it gives fields the user left
+    None, whether it perturbs the backbone once before training (by the configured `noise_lambda`), and
+    how a continual runner feeds it a sequence of tasks: "sequential" (one task after the other on the
+    same cascade), "joint" (one run on the union of the tasks) or "separate" (one run per task, each from
+    the pretrained model)."""
 
     fields: dict = field(default_factory=dict)  # LoRASCConfig fields
     expert: dict = field(default_factory=dict)  # LoraConfig fields
     perturb_once: bool = False
+    defaults: dict = field(default_factory=dict)  # LoRASCConfig fields: the user's value, or this where the user's is None
+    sequence: str = "sequential"
+
+    def __post_init__(self) -> None:
+        if self.sequence not in SEQUENCES:
+            raise ValueError(f"sequence={self.sequence!r} is not allowed: one of {SEQUENCES}")
 
     def config(self, base: LoRASCConfig) -> LoRASCConfig:
-        """`base` with this method's fields; the others (rank, targets, seed, …) stay the user's."""
+        """`base` with this method's fields; each field of `defaults` is the user's value, or the default where
+        `base` leaves it None (O-LoRA's λ1 = 0.5 unless the user set olora_lambda); the others (rank, targets,
+        seed, …) stay the user's."""
         expert = dataclasses.replace(base.expert, **self.expert) if self.expert else base.expert
-        return dataclasses.replace(base, **self.fields, expert=expert)
+        defaults = {name: value if getattr(base, name) is None else getattr(base, name) for name, value in self.defaults.items()}
+        return dataclasses.replace(base, **{**self.fields, **defaults}, expert=expert)
 
     def check_inputs(self, base: LoRASCConfig, model: torch.nn.Module, steps_per_epoch: int, total_steps: int) -> None:
         """The experts' targets match layers of `model` as PEFT matches them, their rank fits those layers,
@@ -88,7 +114,9 @@ class Method:
 
 
 class FullFineTuning:
-    """Every weight trained with AdamW; exports the whole model."""
+    """Every weight trained with AdamW; exports the whole model. With tasks, trained on one after the other."""
+
+    sequence = "sequential"
 
     def config(self, base: LoRASCConfig) -> LoRASCConfig:
         return base  # no cascade: the fields are recorded as given and unused
@@ -122,4 +150,10 @@ METHODS: dict[str, Method | FullFineTuning] = {
     "qrelora": Method({**CHAIN, "quantized_merge": "requantize"}),
     "noisytune": Method(ONE_EXPERT, perturb_once=True),
     "full": FullFineTuning(),
+    "seq-lora": Method({**ONE_EXPERT, "task_boundary": "keep"}),
+    "inc-lora": Method(PER_TASK),
+    "o-lora": Method(PER_TASK, defaults={"olora_lambda": 0.5}),
+    "ema": Method(PER_TASK, defaults={"expert_ema": 0.99}),
+    "multitask": Method(ONE_EXPERT, sequence="joint"),
+    "single": Method(ONE_EXPERT, sequence="separate"),
 }

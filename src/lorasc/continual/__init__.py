@@ -1,0 +1,1 @@
+"""Continual learning: one cascade through a sequence of tasks (docs/continual.md)."""
