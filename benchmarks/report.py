@@ -213,7 +213,7 @@ def appendices(tasks: list[tuple[Protocol, dict]], results_dir: Path, folder: Pa
         from .quantized_report import write_report as write_quantized
 
         write_quantized(results_dir)
-    for generated in ("scale.md", "quantized.md"):  # benchmarks/scale.py: "At scale"; quantized.py: "Quantized backbones"
+    for generated in ("scale.md", "quantized.md", "continual.md"):  # scale.py: "At scale"; quantized.py: "Quantized backbones"; continual.py
         if (results_dir / generated).is_file():
             text += "\n" + (results_dir / generated).read_text()
     return text
