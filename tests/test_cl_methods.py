@@ -1,16 +1,15 @@
 """Continual-learning methods as presets of the one engine (methods.py): SeqLoRA, IncLoRA, O-LoRA, an EMA
 shadow, SLAO's α/√t, each checked against the method it must reduce to, bit for bit, and on its own effect."""
 
-import io
 import math
 
 import pytest
 import torch
 from conftest import expert, tiny_llama, token_batches, train_cascade
-from test_tasks import assert_merged, weights
+from test_tasks import assert_merged, assert_same_parameters, round_trip, rows, task_records, trainer_for, weights
 
-from lorasc import LoRASC, LoRASCConfig
-from lorasc.methods import METHODS, FullFineTuning
+from lorasc import LoRASC, LoRASCCallback, LoRASCConfig
+from lorasc.methods import METHODS, FullFineTuning, Method
 from lorasc.olora import olora_penalty
 from lorasc.schedule import jagged_lr_lambda
 
@@ -47,44 +46,25 @@ def run_tasks(config, parts=PARTS, lr=LR, before_step=lambda cascade: None, end=
     return cascade
 
 
-def assert_same(left, right):
-    for (name, p), q in zip(left.model.named_parameters(), right.model.parameters()):
-        assert torch.equal(p, q), name
-    for name, w in weights(left).items():
-        assert torch.equal(w, weights(right)[name]), name
-
-
-def task_records(cascade):
-    return [(task.name, task.first_cycle, task.last_cycle) for task in cascade.tasks]
-
-
-def test_inc_lora_is_lorasc_with_alpha_one_no_noise_and_one_cycle_per_task():
-    inc = run_tasks(METHODS["inc-lora"].config(base()))
-    reference = run_tasks(METHODS["lorasc"].config(base(slow_alpha=1.0, noise_lambda=0.0, num_cycles=1)))
-    assert task_records(inc) == task_records(reference) == [("a", 1, 1), ("b", 2, 2)]
-    assert len(inc.slow.history) == 2
-    assert_same(inc, reference)
-
-
-def test_o_lora_with_lambda_zero_is_inc_lora_and_runs_its_penalty():
-    olora = run_tasks(METHODS["o-lora"].config(base(olora_lambda=0.0)))
-    assert olora.config.olora_lambda == 0.0 and olora.cycle_metrics()["lorasc/olora_penalty"] == 0.0  # task b ran the penalty
-    assert_same(olora, run_tasks(METHODS["inc-lora"].config(base())))
-
-
-def test_ema_with_decay_zero_is_inc_lora():
-    ema = run_tasks(METHODS["ema"].config(base(expert_ema=0.0)))
-    assert ema.config.expert_ema == 0.0
-    assert_same(ema, run_tasks(METHODS["inc-lora"].config(base())))
+@pytest.mark.parametrize("method,fields", [("lorasc", {"slow_alpha": 1.0, "noise_lambda": 0.0, "num_cycles": 1}),
+                                           ("o-lora", {"olora_lambda": 0.0}), ("ema", {"expert_ema": 0.0})])
+def test_inc_lora_is_what_lorasc_o_lora_and_ema_reduce_to_bitwise(method, fields):
+    """lorasc with α = 1, no noise, one cycle per task; o-lora with λ1 = 0 (its penalty runs in task b and adds
+    exact zeros); ema with d = 0 (the shadow is the fast expert)."""
+    inc, other = run_tasks(METHODS["inc-lora"].config(base())), run_tasks(METHODS[method].config(base(**fields)))
+    assert {name: getattr(other.config, name) for name in fields} == fields
+    assert task_records(inc) == task_records(other) == [("a", 1, 1), ("b", 2, 2)] and len(other.slow.history) == 2
+    assert other.cycle_metrics().get("lorasc/olora_penalty", 0.0) == 0.0
+    assert ("lorasc/olora_penalty" in other.cycle_metrics()) == (method == "o-lora")
+    assert_same_parameters(inc, other)
 
 
 def test_ema_merges_the_shadow_of_the_fast_expert():
-    """Each merge takes θ_s, θ_s ← d·θ_s + (1 − d)·θ_f after every step from the fresh expert, recomputed here."""
-    d = 0.6
+    """Each merge takes θ_s, θ_s ← d·θ_s + (1 − d)·θ_f after every optimizer step from the fresh expert."""
+    d, merged = 0.6, []
     cascade = cascade_for(METHODS["ema"].config(base(expert_ema=d)))
     name = sorted(cascade.layers)[0]
     layer = cascade.layers[name]
-    merged = []
     for task, batches in PARTS.items():
         cascade.begin_task(task, len(batches))
         shadow = [layer.lora_A["default"].weight.detach().clone(), layer.lora_B["default"].weight.detach().clone()]
@@ -93,15 +73,14 @@ def test_ema_merges_the_shadow_of_the_fast_expert():
             cascade.model(**batch).loss.backward()
             optimizer.step()
             optimizer.zero_grad()
-            now = (layer.lora_A["default"].weight.detach(), layer.lora_B["default"].weight.detach())
-            shadow = [torch.lerp(f, s, d) for f, s in zip(now, shadow)]
+            shadow = [d * s + (1 - d) * f.detach() for f, s in zip((layer.lora_A["default"].weight, layer.lora_B["default"].weight), shadow)]
             cascade.step(optimizer)
         merged.append(shadow)
         cascade.end_task()
-    c = math.sqrt(1.0 * layer.scaling["default"])
-    for (a, b), cycle in zip(merged, cascade.slow.history):
-        assert torch.equal(cycle[name][0], c * a) and torch.equal(cycle[name][1], c * b)
-    assert not torch.equal(merged[0][1], torch.zeros_like(merged[0][1]))
+    c = math.sqrt(layer.scaling["default"])  # α = 1
+    for (a, b), cycle in zip(merged, cascade.slow.history, strict=True):
+        torch.testing.assert_close(cycle[name], (c * a, c * b), rtol=1e-6, atol=1e-8)
+        assert torch.count_nonzero(b) > 0
 
 
 def test_one_task_seq_lora_is_merged_lora():
@@ -117,7 +96,7 @@ def test_one_task_seq_lora_is_merged_lora():
     seq.end_task()
     assert seq.in_cycle and not seq.slow.history  # the task's end merged nothing
     seq.finish()
-    assert_same(lora, seq)
+    assert_same_parameters(lora, seq)
 
 
 def test_two_task_seq_lora_keeps_one_expert_and_merges_it_once_at_finish():
@@ -219,11 +198,29 @@ def test_olora_makes_the_new_experts_a_orthogonal_to_the_earlier_ones(norm):
     assert overlap(penalised) * 10 <= overlap(free), (overlap(penalised), overlap(free))
 
 
-def round_trip(state):
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
+def test_the_trainer_callback_adds_the_olora_gradient_as_the_plain_loop_does(tmp_path):
+    def run(config, step):
+        cascade = cascade_for(config)
+        for name, batches in PARTS.items():
+            cascade.begin_task(name, len(batches))
+            optimizer = cascade.optimizer(lr=LR)
+            step(cascade, optimizer, cascade.scheduler(optimizer, warmup_steps=1), batches)
+        return cascade
+
+    def plain(cascade, optimizer, scheduler, batches):
+        optimizer.register_step_pre_hook(lambda *_: cascade.before_optimizer_step())
+        train_cascade(cascade, optimizer, batches, scheduler=scheduler)
+        cascade.end_task()
+
+    def via_trainer(cascade, optimizer, scheduler, batches):  # the callback ends the task
+        trainer_for(cascade, rows(batches), tmp_path, LoRASCCallback(cascade), (optimizer, scheduler), max_steps=len(batches)).train()
+
+    config = METHODS["o-lora"].config(base(olora_lambda=5.0))
+    looped, trained = run(config, plain), run(config, via_trainer)
+    without = run(METHODS["inc-lora"].config(base()), plain)
+    for (name, p), q, r in zip(looped.model.named_parameters(), trained.model.parameters(), without.model.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=name)
+    assert any((w - weights(without)[name]).abs().max() > 1e-4 for name, w in weights(looped).items())  # the penalty mattered
 
 
 @pytest.mark.parametrize("fields", [{"olora_lambda": 1.0}, {"expert_ema": 0.8}], ids=["o-lora", "ema"])
@@ -251,7 +248,7 @@ def test_a_resume_mid_task_two_is_bitwise(fields):
     scheduler.load_state_dict(state["scheduler"])
     train_cascade(resumed, optimizer, PARTS["b"][2:], scheduler=scheduler)
     resumed.end_task()
-    assert_same(full, resumed)
+    assert_same_parameters(full, resumed)
 
 
 @pytest.mark.parametrize("fields,message", [
@@ -290,5 +287,7 @@ def test_each_method_says_how_it_takes_a_sequence_of_tasks():
     assert sequences["multitask"] == "joint" and sequences["single"] == "separate"
     assert {name for name, s in sequences.items() if s == "sequential"} == set(METHODS) - {"multitask", "single"}
     assert isinstance(METHODS["full"], FullFineTuning)
+    with pytest.raises(ValueError, match="sequence='mixed' is not allowed: one of"):
+        Method(sequence="mixed")
     for name in ("multitask", "single"):
         assert METHODS[name].config(base()).num_cycles == 1 and METHODS[name].config(base()).noise_lambda == 0.0
