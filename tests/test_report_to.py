@@ -81,7 +81,7 @@ def test_report_to_tensorboard_holds_the_cycle_tags_of_log_csv(tmp_path):
 
 @pytest.mark.slow
 def test_report_to_a_tracker_that_is_not_installed_stops_before_any_file(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("lorasc.run.train.get_available_trackers", lambda: [])  # as where wandb is not installed
+    monkeypatch.setattr("lorasc.run.accelerator.get_available_trackers", lambda: [])  # as where wandb is not installed
     run = tmp_path / "run"
     refused(capsys, tmp_path, ["train", "--output-dir", run, *TINY_CASCADE, "--report-to", "wandb"], "report_to='wandb' is not allowed", "pip install wandb")
     assert not run.exists()

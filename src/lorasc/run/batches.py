@@ -17,12 +17,17 @@ from .run_config import RunConfig
 IGNORED = -100  # the label of tokens that carry no loss (prompt and padding)
 
 
-def encode(tokenizer, examples: list[Example], task: str, max_length: int, chat_template: str = "none") -> dict[str, torch.Tensor]:
+def encode(tokenizer, examples: list[Example], task: str, max_length: int, chat_template: str = "none",
+           groups: tuple[int, ...] | None = None) -> dict[str, torch.Tensor]:
     """A batch of examples; a causal LM's rendered as the run's `chat_template` says (chat.py; plain text unless
-    given), cut to its last `max_length` tokens."""
+    given), cut to its last `max_length` tokens. `groups`: the task of each head row (per-task heads, continual/heads.py):
+    each example is then scored on its own task's rows only, through a `logit_mask`."""
     if task == "classification":
         batch = tokenizer([e.text for e in examples], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         batch["labels"] = torch.tensor([e.label for e in examples])
+        if groups is not None:
+            rows = torch.tensor(groups)
+            batch["logit_mask"] = rows[batch["labels"]][:, None] == rows[None, :]
         return dict(batch)
     # causal LM: the loss and the metric are on the response tokens only
     ids, labels = [], []
@@ -52,9 +57,12 @@ def scored_logits(model, batch: dict[str, torch.Tensor], task: str) -> tuple[tor
     """The logits the loss scores and their labels. A causal LM's logits at position i predict the
     token at i + 1, and only the positions that predict a response token in some row are computed:
     over a long prompt and a large vocabulary, the LM head and the loss would cost more than the adapters."""
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "logit_mask")}
     if task != "causal-lm":
-        return model(**inputs).logits, batch["labels"]
+        logits = model(**inputs).logits
+        if "logit_mask" in batch:  # the other tasks' rows get no probability, hence exactly no gradient
+            logits = logits.masked_fill(~batch["logit_mask"], float("-inf"))
+        return logits, batch["labels"]
     targets = batch["labels"][:, 1:]
     if not accepts_logits_to_keep(model):
         return model(**inputs).logits[:, :-1], targets

@@ -31,7 +31,8 @@ from .run_files import write_file
 from .run_folder import (abridged, check_data_unchanged, check_output_dir, check_resumable,
                          finished_run, missing_folders, remove_unstarted, run_lock, write_data_digests)
 from .aliases import DERIVED, REFUSED, flag_spellings
-from .settings import EXPERT_FLAGS, FLAG_HELP, LORASC_FIELDS, RUN_FLAGS, in_flags, output_dir, resolve, write_config
+from .flag_help import FLAG_HELP
+from .settings import EXPERT_FLAGS, LORASC_FIELDS, RUN_FLAGS, in_flags, output_dir, resolve, write_config
 
 if TYPE_CHECKING:
     from .datasets import TaskData
@@ -93,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="re-evaluate the dense model of a finished run")
     evaluate.add_argument("run", type=Path)
+    evaluate.add_argument("--task", dest="cl_task", default=None, help="a run through a sequence of tasks: evaluate this task only (default: every task)")
 
     export = commands.add_parser("export", help="write a compressed adapter, or a re-quantized model, of a finished run")
     export.add_argument("run", type=Path)
@@ -111,7 +113,7 @@ def command_train(args: argparse.Namespace) -> int:
     The inputs are checked first: a bad one changes no file of the run folder."""
     from .plots import plot_run
     from .preflight import check_run_inputs
-    from .train import make_accelerator
+    from .accelerator import make_accelerator
 
     if args.resume:
         check_resumable(args)
@@ -142,13 +144,17 @@ def command_train(args: argparse.Namespace) -> int:
 
 
 def _train_into(run_dir: Path, run: RunConfig, config: LoRASCConfig, data: TaskData, args: argparse.Namespace, accelerator) -> dict:
+    from ..continual.run import run_sequence
     from .train import train
 
     if not args.resume and accelerator.is_main_process:
         write_config(run_dir, run, config)
         write_data_digests(run_dir, run)
+    options = {"resume": args.resume, "progress": not args.no_progress, "accelerator": accelerator}
     try:
-        return train(run, config, run_dir, resume=args.resume, progress=not args.no_progress, accelerator=accelerator, data=data)
+        if data.tasks:
+            return run_sequence(data.tasks, run, config, run_dir, **options)
+        return train(run, config, run_dir, data=data, **options)
     except (RuntimeError, SafetensorError) as err:
         raise disk_full(err, run_dir) or err
 
@@ -174,18 +180,26 @@ def summary_table(metrics: dict) -> str:
 def command_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from .datasets import load_task
+    from ..continual.run import evaluate_tasks
     from .metrics import evaluate
     from .models import dense_run, load_model
+    from .preflight import training_data
 
     run, _ = finished_run(args.run)
-    data = load_task(run)
+    data = training_data(run)
+    if args.cl_task is not None and not data.tasks:
+        raise CliError(f"--task {args.cl_task} names a task of a sequence, and {args.run} trained one dataset; drop --task")
     model, tokenizer = load_model(dense_run(run, args.run), data.labels, torch.device("cpu"))
-    results = {split: evaluate(model, tokenizer, examples, run, len(data.labels)) for split, examples in (("test", data.test), ("ood", data.ood))}
+    if data.tasks:  # each task's test split, on its head rows
+        results = evaluate_tasks(model, tokenizer, data, run, args.cl_task)
+        lines = {name: scores["test"] for name, scores in results.items()}
+    else:
+        results = {split: evaluate(model, tokenizer, examples, run, len(data.labels)) for split, examples in (("test", data.test), ("ood", data.ood))}
+        lines = results
     write_file(args.run / "eval.json", json.dumps(results, indent=2))
-    for split, m in results.items():
+    for name, m in lines.items():
         if m:
-            print(f"{split:<5} " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
+            print(f"{name:<5} " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
     return 0
 
 

@@ -39,6 +39,8 @@ class TaskData:
     ood: list[Example]
     labels: tuple[str, ...]  # class names; empty for causal LM
     val: list[Example] = field(default_factory=list)  # held out of the training pool, for choosing settings
+    groups: tuple[int, ...] | None = None  # per-task heads: the task of each label (continual/heads.py); None: one head
+    tasks: list = field(default_factory=list)  # a sequence of tasks (continual.sequences.SequenceTask), each on the labels above
 
 
 def packaged_file(package: str, version: str, path: str) -> Path:

@@ -70,6 +70,7 @@ def describe_run(run: RunConfig, session: Session, loop: Loop, wall_seconds: flo
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "trainable_params": sum(p.numel() for p in trainable_parameters(cascade.model).values()),
         **METHODS[run.method].describe(cascade),
+        **loop.describe(),
     }
 
 
@@ -99,4 +100,4 @@ def run_figures(metrics: dict) -> dict[str, dict[str, float]]:
 def evaluate_splits(run: RunConfig, session: Session) -> dict[str, dict]:
     data = session.data
     splits = {"train": data.train[: len(data.test)], "val": data.val, "test": data.test, "ood": data.ood}  # train: as many as test, so both cost alike
-    return {split: evaluate(session.cascade.model, session.tokenizer, examples, run, len(data.labels)) for split, examples in splits.items()}
+    return {split: evaluate(session.cascade.model, session.tokenizer, examples, run, len(data.labels), data.groups) for split, examples in splits.items()}

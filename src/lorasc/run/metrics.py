@@ -18,20 +18,22 @@ CYCLE_PREFIX = "lorasc/"  # LoRASC.cycle_metrics() names these columns so, as tr
 CYCLE_COLUMNS = ("cycle", "slow_step", "experts_merged")
 
 
-def macro_f1(pred: torch.Tensor, gold: torch.Tensor, num_classes: int) -> float:
+def macro_f1(pred: torch.Tensor, gold: torch.Tensor, classes: list[int]) -> float:
     scores = []
-    for c in range(num_classes):
+    for c in classes:
         tp = ((pred == c) & (gold == c)).sum().item()
         denominator = (pred == c).sum().item() + (gold == c).sum().item()
         scores.append(2 * tp / denominator if denominator else 0.0)
-    return sum(scores) / num_classes
+    return sum(scores) / len(classes)
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, examples: list[Example], run: RunConfig, num_classes: int) -> dict[str, float]:
+def evaluate(model, tokenizer, examples: list[Example], run: RunConfig, num_classes: int, groups: tuple[int, ...] | None = None) -> dict[str, float]:
     """Loss and accuracy, on the model's device, under autocast in the run's dtype. Classification:
     accuracy and macro-F1. Causal LM: accuracy is the share of examples whose whole response (with its
-    end-of-sequence token) is the greedy prediction, token_accuracy the share of response tokens."""
+    end-of-sequence token) is the greedy prediction, token_accuracy the share of response tokens. `groups`: the
+    task of each head row (per-task heads): each example is scored on its task's rows, and macro-F1 averages over
+    the rows of the tasks the examples come from."""
     if not examples:
         return {}
     was_training = model.training
@@ -39,7 +41,7 @@ def evaluate(model, tokenizer, examples: list[Example], run: RunConfig, num_clas
     device = next(model.parameters()).device
     total_loss, total_items, preds, golds, whole = 0.0, 0, [], [], []
     for i in range(0, len(examples), EVAL_BATCH):
-        batch = to_device(encode(tokenizer, examples[i : i + EVAL_BATCH], run.task, run.max_length, run.chat_template), device)
+        batch = to_device(encode(tokenizer, examples[i : i + EVAL_BATCH], run.task, run.max_length, run.chat_template, groups), device)
         with torch.autocast(device.type, dtype=run.torch_dtype, enabled=run.dtype != "float32"):
             loss, scored, labels = summed_loss(model, batch, run.task)
         kept, predicted = labels != IGNORED, scored.argmax(-1)
@@ -53,7 +55,8 @@ def evaluate(model, tokenizer, examples: list[Example], run: RunConfig, num_clas
     pred, gold = torch.cat(preds), torch.cat(golds)
     loss, share_right = total_loss / max(1, total_items), (pred == gold).float().mean().item()
     if run.task == "classification":
-        return {"loss": loss, "accuracy": share_right, "macro_f1": macro_f1(pred, gold, num_classes)}
+        classes = list(range(num_classes)) if groups is None else [c for c in range(num_classes) if groups[c] in {groups[g] for g in gold.tolist()}]
+        return {"loss": loss, "accuracy": share_right, "macro_f1": macro_f1(pred, gold, classes)}
     return {"loss": loss, "accuracy": torch.cat(whole).float().mean().item(), "token_accuracy": share_right}
 
 

@@ -55,7 +55,8 @@ def plot_run(run_dir: str | Path) -> list[Path]:
             ax.plot(cycles[: len(values)], values, "o-", label=label)
     ax.set(xlabel="cycle (after its merge)", ylabel="metric", title="Test metric after each cycle")
     ax.set_xticks(cycles)
-    ax.legend(loc="upper left")
+    if ax.get_legend_handles_labels()[0]:  # a run evaluated only between tasks has no point here
+        ax.legend(loc="upper left")
     slow_steps = [float(r["slow_step"]) for r in cycle_rows if r.get("slow_step") not in ("", None)]
     if slow_steps:  # log.csv of a run before the column, or of full fine-tuning, has none
         step_axis = ax.twinx()

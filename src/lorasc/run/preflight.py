@@ -23,9 +23,21 @@ def check_run_inputs(run: RunConfig, config: LoRASCConfig) -> TaskData:
     if run.task == "classification":
         check_head(path, data.labels)
     check_rendering(run, data)
-    METHODS[run.method].check_inputs(config, empty_model(path, run.task), *run.steps(len(data.train)))
-    check_quantized_run(run, config, path, *run.steps(len(data.train)))
+    config, steps = run_plan(run, config, data)
+    METHODS[run.method].check_inputs(config, empty_model(path, run.task), *steps)
+    check_quantized_run(run, config, path, *steps)
     return data
+
+
+def run_plan(run: RunConfig, config: LoRASCConfig, data: TaskData) -> tuple[LoRASCConfig, tuple[int, int]]:
+    """The engine's config and the (steps per epoch, steps) its cycles are cut in: the run's, or with a
+    sequence of tasks, a task's (the shortest: every task must hold its cycles)."""
+    if not data.tasks:
+        return config, run.steps(len(data.train))
+    from ..continual.run import task_config, task_steps
+
+    shortest = min(data.tasks, key=lambda task: task_steps(run, task))
+    return task_config(run, config), (run.steps(len(shortest.train))[0], task_steps(run, shortest))
 
 
 def check_rendering(run: RunConfig, data: TaskData) -> None:
@@ -37,6 +49,10 @@ def check_rendering(run: RunConfig, data: TaskData) -> None:
 
 
 def training_data(run: RunConfig) -> TaskData:
+    if run.tasks:
+        from ..continual.run import sequence_data
+
+        return sequence_data(run)
     data = load_task(run)
     if not data.train:
         raise DataError("the training set is empty; check the data file and --n-train")

@@ -18,6 +18,9 @@ DEVICES = ("auto", "cpu", "cuda")
 REPORT_TO = ("none", "tensorboard", "wandb", "mlflow", "all")  # Accelerate's trackers; all: every one installed
 CHAT_TEMPLATES = ("auto", "none")  # chat.py: a causal LM's examples as chat turns when the tokenizer has a template, or plain text
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CL_HEADS = (None, "per-task", "shared")  # continual/heads.py; None: per-task for classification, none for a causal LM
+CONTINUAL_ONLY = ("task_names", "task_tests", "tasks_dir", "task_order", "steps_per_task", "epochs_per_task", "cl_head", "replay",
+                  "eval_future", "fwt_reference")
 QUANTIZE = ("nf4", "fp4", "int8")  # bitsandbytes' 4-bit NormalFloat, 4-bit float, and LLM.int8() (quantize.py)
 
 
@@ -64,8 +67,24 @@ class RunConfig:
     save_total_limit: int = 2  # checkpoints a run keeps, the newest
     report_to: str = "none"  # where the logged rows also go, through Accelerate's trackers (TensorBoard in RUN/tensorboard)
     seed: int = 0
+    # Continual learning (continual/, docs/continual.md): one cascade through a sequence of tasks
+    tasks: list | None = None  # task files, or one built-in sequence (continual.sequences.SEQUENCES), or {name, train, test} items
+    task_names: list | None = None  # default: the files' stems
+    task_tests: list | None = None  # each task's test file; default: a seeded 10 % of its rows (at most 500)
+    tasks_dir: str | None = None  # the folder of olora4's files (default: ../shared/cl_benchmark)
+    task_order: list | None = None  # ["reverse"], or every task's name in the order to train them
+    steps_per_task: int | None = None  # default: --epochs (or --max-steps) of each task's data
+    epochs_per_task: float | None = None
+    cycles_per_task: int = 2  # the cascade's cycles in each task (methods with one expert per task fix 1)
+    cl_head: str | None = None  # classification: per-task (default) or shared; causal LM: none
+    replay: int = 0  # a reservoir of this many training examples of finished tasks; half of each batch comes from it
+    eval_future: bool = False  # after each task, evaluate the later tasks too (the whole R matrix)
+    fwt_reference: str | None = None  # a finished `--method single` run: each task's accuracy alone, for forward transfer
 
     def __post_init__(self) -> None:
+        for name in ("tasks", "task_names", "task_tests", "task_order"):
+            setattr(self, name, as_items(getattr(self, name)))
+        self._check_continual()
         require(self.method in RUN_METHODS, "method", self.method, f"one of {RUN_METHODS}")
         require(self.task in TASKS, "task", self.task, f"one of {TASKS}")
         require(self.dataset in DATASETS, "dataset", self.dataset, f"one of {DATASETS}")
@@ -100,6 +119,25 @@ class RunConfig:
         require(self.label_column != self.text_column, "label_column", self.label_column, "a column other than text_column")
         require(_known_encoding(self.encoding), "encoding", self.encoding, "an encoding Python knows, e.g. utf-8, latin-1 or cp1252")
 
+    def _check_continual(self) -> None:
+        require(self.tasks is None or self.train_file is None, "tasks", self.tasks,
+                "unset with --data: a run trains one dataset (--data) or a sequence of tasks (--tasks); drop one")
+        given = [name for name in CONTINUAL_ONLY if getattr(self, name) not in (None, False, 0)]
+        require(self.tasks is not None or not given, given[0] if given else "tasks", getattr(self, given[0]) if given else None,
+                "set only with --tasks (a sequence of tasks)")
+        require(self.steps_per_task is None or self.steps_per_task >= 1, "steps_per_task", self.steps_per_task, "None or an integer >= 1")
+        require(self.epochs_per_task is None or (math.isfinite(self.epochs_per_task) and self.epochs_per_task > 0), "epochs_per_task",
+                self.epochs_per_task, "None or a finite number > 0")
+        require(self.steps_per_task is None or self.epochs_per_task is None, "epochs_per_task", self.epochs_per_task,
+                f"None when steps_per_task is set (steps_per_task={self.steps_per_task}); choose one")
+        require(self.cycles_per_task >= 1, "cycles_per_task", self.cycles_per_task, "an integer >= 1")
+        require(self.steps_per_task is None or self.cycles_per_task <= self.steps_per_task, "cycles_per_task", self.cycles_per_task,
+                f"at most steps_per_task={self.steps_per_task} (a cycle takes at least one step); lower cycles_per_task or raise steps_per_task")
+        require(self.replay >= 0, "replay", self.replay, "an integer >= 0 (0: no replay)")
+        require(self.cl_head in CL_HEADS, "cl_head", self.cl_head, f"one of {CL_HEADS}")
+        require(self.cl_head is None or self.task == "classification", "cl_head", self.cl_head,
+                "unset with task='causal-lm': a causal LM's tasks have no head; drop cl_head")
+
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
@@ -125,3 +163,8 @@ def _known_encoding(name: str) -> bool:
     except LookupError:
         return False
     return True
+
+
+def as_items(value):
+    """A list setting given as text ("a.csv,b.csv", as a flag gives it) as the list of its items."""
+    return [item.strip() for item in value.split(",") if item.strip()] if isinstance(value, str) else value

@@ -101,7 +101,14 @@ def remove_unstarted(run_dir: Path, created: list[Path]) -> None:
 
 
 def data_digests(run: RunConfig) -> dict[str, str]:
-    return {name: data_digest(Path(name)) for name in (run.train_file, run.test_file, run.ood_file) if name}
+    return {name: data_digest(Path(name)) for name in data_files(run)}
+
+
+def data_files(run: RunConfig) -> list[str]:
+    """The run's data files: --data and its test and OOD files, or each task's files (a built-in sequence has none)."""
+    tasks = [path for task in run.tasks or [] for path in ([task.get("train"), task.get("test")] if isinstance(task, dict) else [task])]
+    named = [run.train_file, run.test_file, run.ood_file, *tasks, *(run.task_tests or [])]
+    return [name for name in named if name and (run.tasks is None or Path(name).exists())]
 
 
 def data_digest(path: Path) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import re
 from pathlib import Path
 
@@ -18,37 +17,21 @@ import yaml
 
 from ..config import (DEFAULT_EXPERT, EXPERT_FIELDS, EXPERT_INITS, NOISE_KINDS, NOISE_TARGETS, OPTIMIZER_STATE_MODES, SLOW_OVERFLOW_MODES,
                       LoRASCConfig, require)
-from ..targets import peft_targets
+from .coerce import coerce
 from .aliases import DERIVED, global_batch, layered, refuse_unimplemented, renamed
 from .datasets import DATASETS
 from .errors import CliError, refuse_special_file
 from .models import default_targets, model_path
-from .run_config import CHAT_TEMPLATES, DEVICES, DTYPES, QUANTIZE, REPORT_TO, RUN_METHODS, TASKS, RunConfig
+from .run_config import CHAT_TEMPLATES, CL_HEADS, DEVICES, DTYPES, QUANTIZE, REPORT_TO, RUN_METHODS, TASKS, RunConfig
 from .run_files import write_file
 
 # The main job's defaults: a 4-expert cascade over one epoch of 8,000 tweets (about 500 steps). The
 # library's LoRASCConfig default is one cycle per epoch instead: the flag's help says so.
 DEFAULT_LORASC = {"num_cycles": 4}
-FLAG_HELP = {"num_cycles": "the run cut into T equal cycles (default here: 4; the library's LoRASCConfig default is one cycle per epoch)",
-             "cycle_steps": "a new expert every N optimizer steps instead of --num-cycles (pass --num-cycles none with it)",
-             "seed": "the run's one seed: the new head, the data order, the noise and each expert (default 0)",
-             "max_grad_norm": "clip the trainable parameters' global gradient norm to it (default 1.0, as Trainer; 0 or none: no clipping)",
-             "save_total_limit": "how many checkpoints the run keeps, the newest (default 2)",
-             "warmup_ratio": "warmup as a share of the run's steps, rounded up (as Trainer); set, it replaces --warmup-steps",
-             "per_device_train_batch_size": "transformers' name: --batch-size (the global batch) is it × --grad-accum × the processes",
-             "bf16": "transformers' name: --dtype bfloat16", "fp16": "transformers' name: --dtype float16",
-             "chat_template": "causal LM: auto renders a prompt and its response as a user and an assistant turn of the tokenizer's chat template "
-                              "when it has one, the loss on the assistant turn only (as TRL); none: plain text, the response then EOS",
-             "quantize": "load the backbone in 4 bits (nf4, fp4) or 8 bits (int8) with bitsandbytes (pip install 'lorasc[qlora]'); "
-                         "its weights are never rewritten: the cascade is carried beside them, exactly (needs --noise-lambda 0)",
-             "quantize_double_quant": "4-bit: quantize the quantization constants too (QLoRA's double quantization)",
-             "compute_dtype": "4-bit: the dtype the quantized layers compute in (default: --dtype)",
-             "slow_budget": "--quantize: the carried stack's float32 bytes at most this share of the quantized adapted weights' (default 0.5)",
-             "slow_overflow": "--quantize: past --slow-budget, stop before training (default), or compress: truncate the stack by SVD, "
-                              "no longer exact (the error per layer goes to metrics.json)"}
 CHOICES = {"method": RUN_METHODS, "task": TASKS, "dataset": DATASETS, "device": DEVICES, "dtype": tuple(DTYPES), "noise_kind": NOISE_KINDS,
            "noise_targets": NOISE_TARGETS, "optimizer_state": OPTIMIZER_STATE_MODES, "expert_init": EXPERT_INITS, "report_to": REPORT_TO,
-           "chat_template": CHAT_TEMPLATES, "quantize": (None, *QUANTIZE), "compute_dtype": (None, *DTYPES), "slow_overflow": SLOW_OVERFLOW_MODES}
+           "chat_template": CHAT_TEMPLATES, "quantize": (None, *QUANTIZE), "compute_dtype": (None, *DTYPES), "slow_overflow": SLOW_OVERFLOW_MODES,
+           "cl_head": CL_HEADS, **{name: "items | None" for name in ("tasks", "task_names", "task_tests", "task_order")}}
 RUN_FIELDS = {f.name: CHOICES.get(f.name, f.type) for f in dataclasses.fields(RunConfig)}
 RUN_KINDS = {**RUN_FIELDS, **DERIVED}  # with the TrainingArguments names that set a run field by a rule (aliases.py)
 # The seed has one home, the run's: the cascade takes run.seed (see resolve).
@@ -190,72 +173,6 @@ def typed(where: str, values: dict, kinds: dict, nested: set = frozenset()) -> d
     require(not unknown, f"{where} keys", unknown, f"keys among {sorted(kinds)}")
     return {name: value if name in nested else coerce(name if where in ("run", "lorasc") else f"expert.{name}", value, kinds[name])
             for name, value in values.items()}
-
-
-def coerce(name: str, value, kind):
-    """`value` (a flag's text, or what a config file holds) as the field's type."""
-    if isinstance(kind, tuple):  # choices; None among them is also spelled "none"
-        value = None if None in kind and isinstance(value, str) and value.lower() == "none" else value
-        require(value in kind, name, value, f"one of {kind}")
-        return value
-    if value is None or (isinstance(value, str) and value.lower() == "none"):
-        require("None" in kind, name, value, f"a value, not None ({kind})")
-        return None
-    base = kind.split(" |")[0].split("[")[0] if isinstance(kind, str) else kind.__name__
-    convert = {"int": _as_int, "float": _as_float, "bool": _as_bool, "list": _as_list, "str": _as_str}[base]
-    if "bool" in kind and "str" in kind:
-        convert = _as_bool_or_str
-    converted = convert(value)
-    require(converted is not _INVALID, name, value, _KIND_NAMES[convert])
-    return converted
-
-
-_INVALID = object()
-
-
-def _as_int(value):
-    if isinstance(value, bool):
-        return _INVALID
-    if isinstance(value, float):
-        return int(value) if value.is_integer() else _INVALID
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return _INVALID
-
-
-def _as_float(value):
-    if isinstance(value, bool):
-        return _INVALID
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return _INVALID
-    return number if math.isfinite(number) else _INVALID
-
-
-def _as_bool(value):
-    return value if isinstance(value, bool) else _INVALID
-
-
-def _as_list(value):
-    if isinstance(value, str):
-        return value  # PEFT reads a string of target modules as a regex
-    return peft_targets(list(value)) if isinstance(value, list) and all(isinstance(v, str) for v in value) else _INVALID
-
-
-def _as_str(value):
-    return value if isinstance(value, str) else _INVALID
-
-
-def _as_bool_or_str(value):
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    return value if isinstance(value, (bool, str)) else _INVALID
-
-
-_KIND_NAMES = {_as_int: "an integer", _as_float: "a finite number", _as_bool: "true or false", _as_list: "a list of names",
-               _as_str: "text", _as_bool_or_str: "true, false or a name"}
 
 
 def write_config(run_dir: Path, run: RunConfig, config: LoRASCConfig) -> None:

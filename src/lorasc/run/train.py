@@ -20,8 +20,6 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.tracking import get_available_trackers
-from accelerate.utils import LoggerType, ProjectConfiguration
 from tqdm.auto import tqdm
 
 from ..config import LoRASCConfig
@@ -37,34 +35,7 @@ from .models import load_model, model_path
 from .preflight import training_data
 from .run_config import RunConfig
 from .run_files import unlinked
-
-PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}  # Accelerate's names
-PROJECT = "lorasc"  # the trackers' project; TensorBoard writes RUN/tensorboard/lorasc
-
-
-def make_accelerator(run: RunConfig, run_dir: Path | None = None) -> Accelerator:
-    """The run's Accelerator, with the trackers of `run.report_to` (writing under `run_dir`); under
-    torchrun or `accelerate launch` it joins the process group."""
-    cuda = torch.cuda.is_available()
-    if run.device == "cuda" and not cuda:
-        raise ValueError("device='cuda' is not allowed: no CUDA device is visible here; pass --device auto or cpu")
-    if run.dtype == "float16" and (run.device == "cpu" or not cuda):
-        raise ValueError("dtype='float16' is not allowed on the CPU: Accelerate autocasts float16 on GPUs only; pass --dtype bfloat16")
-    log_with = trackers(run.report_to)
-    logging_dir = None if run_dir is None else Path(run_dir) / "tensorboard"
-    # cpu=True also without CUDA: it is what makes Accelerate start gloo under torchrun
-    return Accelerator(cpu=run.device == "cpu" or not cuda, mixed_precision=PRECISION[run.dtype], gradient_accumulation_steps=run.grad_accum,
-                       log_with=log_with, project_config=ProjectConfiguration(project_dir=run_dir, logging_dir=logging_dir))
-
-
-def trackers(report_to: str) -> str | None:
-    """Accelerate's `log_with` for `report_to`; a tracker that is not installed is refused (Accelerate would skip it silently)."""
-    if report_to == "none":
-        return None
-    if report_to != "all" and LoggerType(report_to) not in get_available_trackers():
-        raise ValueError(f"report_to={report_to!r} is not allowed: {report_to} is not installed; pip install {report_to}, or pass --report-to none")
-    return report_to
-
+from .accelerator import PROJECT, make_accelerator, tracker_config
 
 @dataclass
 class Session:
@@ -99,18 +70,11 @@ def build_method(run: RunConfig, config: LoRASCConfig, model, tokenizer, data: T
 
     def upcoming_batches():  # LoRA-GA's estimate: the global batches the new expert trains on first, the same on every rank
         steps = range(trained.steps, trained.steps + config.gradient_batches)
-        return [to_device(encode(tokenizer, batch_at(s, data.train, run), run.task, run.max_length, run.chat_template), accelerator.device) for s in steps]
+        return [to_device(encode(tokenizer, batch_at(s, data.train, run), run.task, run.max_length, run.chat_template, data.groups), accelerator.device)
+                for s in steps]
 
     trained = METHODS[run.method].build(model, config, grad_batches=upcoming_batches, check_replicas=accelerator.num_processes > 1)
     return trained
-
-
-def tracker_config(run: RunConfig, config: LoRASCConfig) -> dict:
-    """The run's settings as trackers store them: flat, one number, text or flag each."""
-    method = config.to_dict()
-    settings = {**dataclasses.asdict(run), **{f"lorasc.{k}": v for k, v in method.items() if k != "expert"},
-                **{f"lorasc.expert.{k}": v for k, v in method["expert"].items()}}
-    return {name: value if isinstance(value, (bool, int, float, str)) else str(value) for name, value in settings.items()}
 
 
 def micro_batches(batch: dict[str, torch.Tensor], run: RunConfig, accelerator: Accelerator):
@@ -132,14 +96,22 @@ class Loop:
 
     def __init__(self, run: RunConfig, session: Session, accelerator: Accelerator, run_dir: Path):
         self.run, self.session, self.accelerator, self.run_dir = run, session, accelerator, run_dir
-        self.cascade = session.cascade
-        self.steps_per_epoch, self.total_steps = run.steps(len(session.data.train))
-        self.cascade.begin(self.total_steps, self.steps_per_epoch)
-        self.optimizer = self.cascade.optimizer(lr=run.lr, weight_decay=run.weight_decay)
-        self.scheduler = self.cascade.scheduler(self.optimizer, warmup_steps=run.warmup(self.total_steps))
-        # The jagged scheduler stays out of Accelerate, which would step it once per process.
-        self.model, self.prepared_optimizer = session.prepared, accelerator.prepare_optimizer(self.optimizer)
+        self.cascade, self.model = session.cascade, session.prepared
         self.rows, self.elapsed, self.step_seconds = [], 0.0, 0.0
+        self.steps_per_epoch, self.total_steps = run.steps(len(session.data.train))
+        self.begin()
+
+    def begin(self) -> None:
+        """Plan the run's cycles and start the first."""
+        self.cascade.begin(self.total_steps, self.steps_per_epoch)
+        self.new_optimizer(self.total_steps)
+
+    def new_optimizer(self, steps: int) -> None:
+        """A fresh optimizer, and the schedule of the next `steps` steps (the cascade's cycles in them)."""
+        self.optimizer = self.cascade.optimizer(lr=self.run.lr, weight_decay=self.run.weight_decay)
+        self.scheduler = self.cascade.scheduler(self.optimizer, warmup_steps=self.run.warmup(steps))
+        # The jagged scheduler stays out of Accelerate, which would step it once per process.
+        self.prepared_optimizer = self.accelerator.prepare_optimizer(self.optimizer)
 
     def resume(self, checkpoint: Checkpoint) -> None:
         """The engine rebuilds the backbone from the pristine weights and its state; then the trained
@@ -152,41 +124,62 @@ class Loop:
         with torch.no_grad():
             for name, tensor in checkpoint.trainable.items():
                 parameters[name].copy_(tensor)
-        self.optimizer.load_state_dict(checkpoint.state["optimizer"])
-        self.scheduler.load_state_dict(checkpoint.state["scheduler"])
+        self.restore_optimizer(checkpoint)
         if self.accelerator.scaler is not None:  # float16's loss scale decides which steps are skipped
             self.accelerator.scaler.load_state_dict(checkpoint.state["scaler"])
         restore_rng_states(checkpoint.state["rng"])
         self.rows, self.elapsed, self.step_seconds = checkpoint.progress["rows"], checkpoint.progress["elapsed"], checkpoint.progress["step_seconds"]
 
+    def restore_optimizer(self, checkpoint: Checkpoint) -> None:
+        self.optimizer.load_state_dict(checkpoint.state["optimizer"])
+        self.scheduler.load_state_dict(checkpoint.state["scheduler"])
+
     def train(self, progress: bool) -> float:
         """Run the remaining steps; returns the wall time of the whole run, earlier sessions included."""
+        self.start(progress)
+        self.train_until(self.total_steps)
+        return self.stop()
+
+    def start(self, progress: bool) -> None:
+        """The log, the trackers and the progress bar of this session of the run."""
         main = self.accelerator.is_main_process
         self.model.train()
-        log = CsvLog(self.run_dir / "log.csv", self.rows) if main else None
+        self.log = CsvLog(self.run_dir / "log.csv", self.rows) if main else None
         self.start_trackers()
-        start, window = time.perf_counter(), []
-        bar = tqdm(total=self.total_steps, initial=self.cascade.steps, disable=not (progress and main), desc=self.run.method, unit="step", dynamic_ncols=True)
-        while self.cascade.steps < self.total_steps:
+        self.started = time.perf_counter()
+        self.bar = tqdm(total=self.total_steps, initial=self.cascade.steps, disable=not (progress and main), desc=self.run.method, unit="step",
+                        dynamic_ncols=True)
+
+    def seconds(self) -> float:
+        """The run's wall time so far, earlier sessions included."""
+        return self.elapsed + time.perf_counter() - self.started
+
+    def stop(self) -> float:
+        """Merge what still runs, and give back the plain model; returns the run's wall time."""
+        self.bar.close()
+        self.cascade.finish()
+        self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)  # the plain forward again, for evaluation and export
+        return self.seconds()
+
+    def train_until(self, end: int) -> None:
+        """Optimizer steps until the cascade has taken `end`, with logs, evaluations and checkpoints as due."""
+        main, window = self.accelerator.is_main_process, []
+        while self.cascade.steps < end:
             lr, cycle = self.scheduler.get_last_lr()[0], self.cascade.cycle
             loss, cycle_ended = self.step()
             if not math.isfinite(loss) and self.accelerator.scaler is None:  # float16's scaler skips such steps itself
                 raise ValueError(f"the training loss is {loss} at step {self.cascade.steps}: the run diverged; "
                                  "lower --lr (or --noise-lambda) and start a new run")
             window.append(loss)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", cycle=f"{cycle}/{self.cascade.num_cycles}")
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", cycle=f"{cycle}/{self.cascade.num_cycles}")
             if main and self.log_due(cycle_ended):
                 row = self.log_row(lr, cycle, cycle_ended, window)
-                log.add(row)
+                self.log.add(row)
                 self.accelerator.log(tracker_values(row), step=row["step"])
                 window = []
-            if self.run.checkpoint_every and (self.cascade.steps % self.run.checkpoint_every == 0 or cycle_ended) and self.cascade.steps < self.total_steps:
-                self.checkpoint(self.elapsed + time.perf_counter() - start)
-        bar.close()
-        self.cascade.finish()
-        self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)  # the plain forward again, for evaluation and export
-        return self.elapsed + time.perf_counter() - start
+            if self.run.checkpoint_every and (self.cascade.steps % self.run.checkpoint_every == 0 or cycle_ended) and self.cascade.steps < end:
+                self.checkpoint()
 
     def start_trackers(self) -> None:
         """Accelerate's trackers (a resumed run adds to the same ones); lorasc replaces a link where TensorBoard writes."""
@@ -198,14 +191,15 @@ class Loop:
     def step(self) -> tuple[float, bool]:
         """One optimizer step on the global batch; returns its mean loss and whether a cycle ended."""
         started = time.perf_counter()
-        batch = encode(self.session.tokenizer, batch_at(self.cascade.steps, self.session.data.train, self.run), self.run.task, self.run.max_length,
-                       self.run.chat_template)
+        batch = encode(self.session.tokenizer, self.batch_examples(), self.run.task, self.run.max_length, self.run.chat_template,
+                       self.session.data.groups)
         loss = torch.zeros((), device=self.accelerator.device)
         for micro, scale in micro_batches(batch, self.run, self.accelerator):
             with self.accelerator.accumulate(self.model):
                 summed = summed_loss(self.model, to_device(micro, self.accelerator.device), self.run.task)[0]
                 self.accelerator.backward(summed * scale)
             loss += summed.detach() * scale / (self.accelerator.num_processes * self.run.grad_accum)
+        self.cascade.before_optimizer_step()  # a method's own gradient term (O-LoRA's loss), before clipping
         self.clip_gradients()
         self.prepared_optimizer.step()
         self.scheduler.step()
@@ -213,6 +207,14 @@ class Loop:
         cycle_ended = self.cascade.step(self.optimizer)  # merges and fresh experts count as training time
         self.step_seconds += time.perf_counter() - started
         return self.accelerator.reduce(loss, reduction="sum").item(), cycle_ended
+
+    def batch_examples(self) -> list:
+        """The examples of the next optimizer step's global batch."""
+        return batch_at(self.cascade.steps, self.session.data.train, self.run)
+
+    def describe(self) -> dict:
+        """What the loop adds to metrics.json beyond every run's figures."""
+        return {}
 
     def clip_gradients(self) -> None:
         """Clip the trainable parameters' global gradient norm to `max_grad_norm`, as Trainer does: once
@@ -235,31 +237,38 @@ class Loop:
             row.update(log_columns(self.cascade.cycle_metrics()))
         if self.evaluate_due(cycle_ended):
             data = self.session.data
-            metrics = evaluate(self.cascade.model, self.session.tokenizer, data.test, self.run, len(data.labels))
+            metrics = evaluate(self.cascade.model, self.session.tokenizer, data.test, self.run, len(data.labels), data.groups)
             row.update(eval_loss=metrics["loss"], eval_accuracy=metrics["accuracy"], eval_macro_f1=metrics.get("macro_f1", ""))
         return row
 
-    def checkpoint(self, elapsed: float) -> None:
+    def checkpoint(self) -> None:
         if self.accelerator.is_main_process:
+            elapsed = self.seconds()
             scaler = self.accelerator.scaler
             state = {"cascade": self.cascade.state_dict(), "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                      "scaler": None if scaler is None else scaler.state_dict(), "rng": rng_states()}
-            progress = {"fingerprint": self.session.fingerprint, "rows": self.rows, "elapsed": elapsed, "step_seconds": self.step_seconds}
+            progress = {"fingerprint": self.session.fingerprint, "rows": self.rows, "elapsed": elapsed, "step_seconds": self.step_seconds,
+                        **self.progress_state()}
             save_checkpoint(self.run_dir, self.cascade.steps, trainable_parameters(self.cascade.model), state, progress,
                             self.run.save_total_limit)
         self.accelerator.wait_for_everyone()  # nobody reads a half-written checkpoint
 
+    def progress_state(self) -> dict:
+        """What a checkpoint keeps of the loop's own progress beyond the log's rows and the times."""
+        return {}
+
 
 def train(run: RunConfig, config: LoRASCConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
-          save_models: bool = True, accelerator: Accelerator | None = None, data: TaskData | None = None) -> dict:
+          save_models: bool = True, accelerator: Accelerator | None = None, data: TaskData | None = None, make_loop=Loop) -> dict:
     """Train, evaluate, export. Returns the metrics written to `metrics.json` (on the main process;
-    the others return {}). `data`: the run's data if the caller has loaded it already (preflight)."""
+    the others return {}). `data`: the run's data if the caller has loaded it already (preflight);
+    `make_loop`: the loop's class (a sequence of tasks drives the same loop task by task, continual/loop.py)."""
     run_dir = Path(run_dir)
     accelerator = accelerator or make_accelerator(run, run_dir)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
     session = build(run, config, accelerator, data)
-    loop = Loop(run, session, accelerator, run_dir)
+    loop = make_loop(run, session, accelerator, run_dir)
     if resume and load_checkpoint(run_dir, session.fingerprint, loop.resume) is not None:
         loop.cascade.verify_replicas()  # a collective: every rank loaded the same files (DDP broadcast before)
     wall_seconds = loop.train(progress)
