@@ -30,7 +30,9 @@ def runs_of(results: list[dict], group: str, label: str, lr: float | None) -> di
 def forward_transfer(r: dict, reference: dict[str, float]) -> float | None:
     """FWT = (1/(T−1)) Σ_{i≥2} (R[i][i] − ã_i), ã_i the task's accuracy trained alone (the `single` run)."""
     tasks, R = r["continual"]["tasks"], r["R"]
-    if len(R) != len(tasks) or len(tasks) < 2 or any(name not in reference for name in tasks):
+    if r["method"] == REFERENCE or len(R) != len(tasks) or len(tasks) < 2 or any(name not in reference for name in tasks):
+        return None
+    if any(R[i][i] is None for i in range(len(tasks))):  # multitask: evaluated once, at the end
         return None
     return statistics.fmean(R[i][i] - reference[name] for i, name in enumerate(tasks) if i > 0)
 
@@ -144,10 +146,12 @@ def anchor_table(results: list[dict], lr: float | None, olora4: list[dict]) -> s
 
 # ---- the section -----------------------------------------------------------------------------------------
 def cut_line(parts: dict[str, str], s: Setting, main: dict[str, dict[int, dict]], results: list[dict], lr: float | None) -> str:
-    """Which main rows have fewer seeds than planned, and which extras have not run."""
+    """Which main rows have fewer seeds than planned, which extras have not run, which runs failed (and were not rerun)."""
     short = [f"{v.label} ({len(main.get(v.label, {}))} of {v.seeds})" for v in s.main if len(main.get(v.label, {})) < v.seeds]
     missing = [v.label for v in s.extras if not runs_of(results, "extras", v.label, lr)]
-    lines = [fill(parts["cut"], rows=", ".join(short)) if short else "", fill(parts["missing"], rows=", ".join(missing)) if missing else ""]
+    failed = sorted({r["key"] for r in results if "error" in r} - {r["key"] for r in results if "error" not in r})
+    lines = [fill(parts["cut"], rows=", ".join(short)) if short else "", fill(parts["missing"], rows=", ".join(missing)) if missing else "",
+             fill(parts["failed"], runs=", ".join(f"`{key}`" for key in failed)) if failed else ""]
     return " ".join(filter(None, lines))
 
 

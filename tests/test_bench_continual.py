@@ -39,9 +39,11 @@ def test_the_lr_is_chosen_on_validation_aa_once_every_selection_run_was_tried():
 
 
 def test_forward_transfer_matches_tasks_by_name_in_any_order():
-    run = {"continual": {"tasks": ["b", "a", "c"]}, "R": [[0.5, None, None], [0.4, 0.7, None], [0.3, 0.6, 0.9]]}
+    run = {"method": "lorasc", "continual": {"tasks": ["b", "a", "c"]}, "R": [[0.5, None, None], [0.4, 0.7, None], [0.3, 0.6, 0.9]]}
     assert forward_transfer(run, {"a": 0.6, "b": 0.0, "c": 0.8}) == pytest.approx(((0.7 - 0.6) + (0.9 - 0.8)) / 2)
     assert forward_transfer(run, {"a": 0.6}) is None
+    multitask = {"method": "multitask", "continual": {"tasks": ["b", "a"]}, "R": [[None, None], [0.5, 0.6]]}
+    assert forward_transfer(multitask, {"a": 0.6, "b": 0.0}) is None
 
 
 def fake(s, group, label, seed, aa, f, lr=1e-3, sps=0.1):
@@ -60,7 +62,8 @@ def test_the_section_gives_the_verdicts_and_what_was_cut(tmp_path):
     for seed in range(3):  # lorasc forgets less than inc-lora at every seed, by 5 to 7 points
         results += [fake(s, "main", "lorasc", seed, 0.70 + seed / 100, 0.05), fake(s, "main", "inc-lora", seed, 0.69, 0.11 + seed / 100),
                     fake(s, "main", "seq-lora", seed, 0.60 + seed / 50, 0.2, sps=0.05)]
-    results += [fake(s, "main", "multitask", 0, 0.8, 0.0), fake(s, "extras", "single", 0, 0.75, 0.0)]
+    results += [fake(s, "main", "multitask", 0, 0.8, 0.0), fake(s, "extras", "single", 0, 0.75, 0.0),
+                {"key": "extras/ema/lr=0.001/seed=0", "group": "extras", "label": "ema", "error": "exit code 1"}]
     results_path(tmp_path, s).write_text("".join(json.dumps(r) + "\n" for r in results))
     text = write_report(s, tmp_path).read_text()
     assert text.startswith("## Continual learning\n") and "$" not in text
@@ -68,6 +71,7 @@ def test_the_section_gives_the_verdicts_and_what_was_cut(tmp_path):
     assert "seq-lora (3 of 5), inc-lora (3 of 5), o-lora (0 of 5), lorasc (3 of 5), multitask (1 of 2)" in text
     assert "| lorasc | 3 | 71.0 ± 1.0 |" in text and "| 2.00 |" in text  # lorasc's step time is twice seq-lora's
     assert "| multitask | 1 | 80.0 |" in text and "not run" in text and "| 43.7 | 76.0 |" in text
+    assert "**Failed** (a rerun retries them; the errors are in the results file): `extras/ema/lr=0.001/seed=0`." in text
     assert "**lorasc**" in text and "| after coachella |" in text  # R averaged over seeds
 
 
