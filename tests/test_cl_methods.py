@@ -221,6 +221,9 @@ def test_the_trainer_callback_adds_the_olora_gradient_as_the_plain_loop_does(tmp
     for (name, p), q, r in zip(looped.model.named_parameters(), trained.model.parameters(), without.model.parameters()):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=name)
     assert any((w - weights(without)[name]).abs().max() > 1e-4 for name, w in weights(looped).items())  # the penalty mattered
+    callback = LoRASCCallback(looped)
+    assert "lorasc/slow_step" in callback.log_metrics()  # the first log after the merges; the next: the per-step keys only
+    assert callback.log_metrics() == {"lorasc/cycle": 2, "lorasc/olora_penalty": looped.penalty.value.item()}
 
 
 @pytest.mark.parametrize("fields", [{"olora_lambda": 1.0}, {"expert_ema": 0.8}], ids=["o-lora", "ema"])

@@ -19,7 +19,8 @@ At the end of each `train()` the task ends: the backbone is clean for an evaluat
 Before each optimizer step the callback adds O-LoRA's gradient (`olora_lambda`, olora.py); the Trainer
 has clipped the gradients by then, so the penalty's part is not clipped (the plain loop clips after it).
 
-Every log of the Trainer gains `lorasc/cycle` (the cycle of the last step); the first log after a
+Every log of the Trainer gains `lorasc/cycle` (the cycle of the last step) and, with O-LoRA,
+`lorasc/olora_penalty` (the last step's penalty); the first log after a
 merge also gains `lorasc/experts_merged` and `lorasc/slow_step` (LoRASC.cycle_metrics), in the
 Trainer's `state.log_history` and in what the callbacks after this one receive.
 
@@ -38,6 +39,8 @@ from typing import Iterable
 from transformers import TrainerCallback
 
 from .cascade import LoRASC
+
+MERGE_KEYS = ("lorasc/experts_merged", "lorasc/slow_step")  # cycle_metrics' keys that change only at a merge
 
 
 class LoRASCCallback(TrainerCallback):
@@ -65,10 +68,10 @@ class LoRASCCallback(TrainerCallback):
         self.cascade.step(optimizer)
 
     def log_metrics(self) -> dict[str, float]:
-        """The keys the next log gains: the cycle, and the merge figures once after each merge."""
+        """The keys the next log gains: the cycle (and O-LoRA's last penalty), and the merge figures once after each merge."""
         metrics = self.cascade.cycle_metrics()
         if metrics["lorasc/experts_merged"] == self.merges_logged:  # no merge since the last log
-            metrics = {"lorasc/cycle": metrics["lorasc/cycle"]}
+            metrics = {key: value for key, value in metrics.items() if key not in MERGE_KEYS}
         self.merges_logged = metrics.get("lorasc/experts_merged", self.merges_logged)
         return metrics
 
