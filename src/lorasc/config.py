@@ -35,6 +35,11 @@ def require(ok: bool, name: str, value: Any, allowed: str) -> None:
         raise ValueError(f"{name}={value!r} is not allowed: {allowed}")
 
 
+def is_number(value: Any) -> bool:
+    """An int or a float; not a bool, which Python counts as an int but a settings file means otherwise."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 @dataclass
 class LoRASCConfig:
     """Everything a LoRASC run needs beyond the optimizer's learning rate.
@@ -113,13 +118,13 @@ class LoRASCConfig:
     def _check_continual(self) -> None:
         """The continual-learning options (olora.py, shadow.py, tasks.py)."""
         dora = isinstance(self.expert, LoraConfig) and self.expert.use_dora
-        require(self.olora_lambda is None or (isinstance(self.olora_lambda, (int, float)) and math.isfinite(self.olora_lambda)
-                                              and self.olora_lambda >= 0), "olora_lambda", self.olora_lambda,
+        require(self.olora_lambda is None or (is_number(self.olora_lambda) and math.isfinite(self.olora_lambda) and self.olora_lambda >= 0),
+                "olora_lambda", self.olora_lambda,
                 "None (no O-LoRA loss) or a finite float >= 0, e.g. 0.5")
         require(self.olora_lambda is None or not dora, "olora_lambda", self.olora_lambda,
                 "None with a DoRA expert (O-LoRA's loss is defined on LoRA's A); set expert.use_dora=False")
         require(self.olora_norm in OLORA_NORMS, "olora_norm", self.olora_norm, f"one of {OLORA_NORMS}")
-        require(self.expert_ema is None or (isinstance(self.expert_ema, (int, float)) and 0.0 <= self.expert_ema < 1.0),
+        require(self.expert_ema is None or (is_number(self.expert_ema) and 0.0 <= self.expert_ema < 1.0),
                 "expert_ema", self.expert_ema, "None (merge the fast expert) or a decay in [0, 1), e.g. 0.99")
         require(self.expert_ema is None or not dora, "expert_ema", self.expert_ema,
                 "None with a DoRA expert (the shadow averages A and B, not DoRA's magnitude); set expert.use_dora=False")
