@@ -145,10 +145,11 @@ def anchor_table(results: list[dict], lr: float | None, olora4: list[dict]) -> s
 
 
 # ---- the section -----------------------------------------------------------------------------------------
-def cut_line(parts: dict[str, str], s: Setting, main: dict[str, dict[int, dict]], results: list[dict], lr: float | None) -> str:
-    """Which main rows have fewer seeds than planned, which extras have not run, which runs failed (and were not rerun)."""
+def cut_line(parts: dict[str, str], s: Setting, main: dict[str, dict[int, dict]], results: list[dict]) -> str:
+    """Which main rows have fewer seeds than planned, which extras have not been tried, which runs failed (and did not finish since)."""
     short = [f"{v.label} ({len(main.get(v.label, {}))} of {v.seeds})" for v in s.main if len(main.get(v.label, {})) < v.seeds]
-    missing = [v.label for v in s.extras if not runs_of(results, "extras", v.label, lr)]
+    tried = {(r["group"], r["label"]) for r in results}
+    missing = [v.label for v in s.extras if ("extras", v.label) not in tried]
     failed = sorted({r["key"] for r in results if "error" in r} - {r["key"] for r in results if "error" not in r})
     lines = [fill(parts["cut"], rows=", ".join(short)) if short else "", fill(parts["missing"], rows=", ".join(missing)) if missing else "",
              fill(parts["failed"], runs=", ".join(f"`{key}`" for key in failed)) if failed else ""]
@@ -176,7 +177,7 @@ def render(s: Setting, results_dir: Path, quick: bool) -> str:
                 max_length=s.max_length, lrs=", ".join(f"{x:g}" for x in s.lrs), select=s.select, selection="; ".join(selection),
                 lr="none yet" if lr is None else f"{lr:g}", machines=machines([r["environment"] for r in finished]) or "—",
                 threads=", ".join(sorted({str(r["environment"].get("threads", "?")) for r in finished})) or "—", runs=len(finished), minutes=f"{sum(r['wall_seconds'] for r in finished) / 60:.0f}",
-                cut=cut_line(parts, s, main, results, lr), main_table=metrics_table(main_rows, "method"),
+                cut=cut_line(parts, s, main, results), main_table=metrics_table(main_rows, "method"),
                 resolution=resolution(parts, cs), comparison_table=comparison_table(parts, cs), forgetting=forgetting_line(parts, cs),
                 matrices="\n\n".join(matrix_table(label, *m) for label, m in matrices) or parts["no-matrices"],
                 extras_table=metrics_table(extras, "variant (1 seed)") if extras else parts["no-extras"],
