@@ -13,9 +13,10 @@ from .run_config import RunConfig
 from .run_files import replacing
 
 EVAL_BATCH = 64
-LOG_FIELDS = ("step", "epoch", "cycle", "lr", "train_loss", "eval_loss", "eval_accuracy", "eval_macro_f1", "cycle_end", "slow_step", "experts_merged")
+LOG_FIELDS = ("step", "epoch", "cycle", "lr", "train_loss", "eval_loss", "eval_accuracy", "eval_macro_f1", "cycle_end", "slow_step", "experts_merged",
+              "olora_penalty")
 CYCLE_PREFIX = "lorasc/"  # LoRASC.cycle_metrics() names these columns so, as trackers receive them
-CYCLE_COLUMNS = ("cycle", "slow_step", "experts_merged")
+CYCLE_COLUMNS = ("cycle", "slow_step", "experts_merged", "olora_penalty")
 
 
 def macro_f1(pred: torch.Tensor, gold: torch.Tensor, classes: list[int]) -> float:

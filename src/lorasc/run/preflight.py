@@ -37,7 +37,11 @@ def run_plan(run: RunConfig, config: LoRASCConfig, data: TaskData) -> tuple[LoRA
     from ..continual.run import task_config, task_steps
 
     shortest = min(data.tasks, key=lambda task: task_steps(run, task))
-    return task_config(run, config), (run.steps(len(shortest.train))[0], task_steps(run, shortest))
+    config, steps = task_config(run, config), task_steps(run, shortest)
+    if METHODS[run.method].config(config).num_cycles > steps:
+        raise DataError(f"task {shortest.name} has {steps} optimizer steps, too few for --cycles-per-task {run.cycles_per_task} "
+                        "(a cycle takes at least one step); lower --cycles-per-task or raise --steps-per-task or --epochs-per-task")
+    return config, (run.steps(len(shortest.train))[0], steps)
 
 
 def check_rendering(run: RunConfig, data: TaskData) -> None:

@@ -125,6 +125,8 @@ class RunConfig:
         given = [name for name in CONTINUAL_ONLY if getattr(self, name) not in (None, False, 0)]
         require(self.tasks is not None or not given, given[0] if given else "tasks", getattr(self, given[0]) if given else None,
                 "set only with --tasks (a sequence of tasks)")
+        require(self.tasks is not None or METHODS[self.method].sequence == "sequential", "method", self.method,
+                "a method that trains a sequence of tasks; pass --tasks")
         require(self.steps_per_task is None or self.steps_per_task >= 1, "steps_per_task", self.steps_per_task, "None or an integer >= 1")
         require(self.epochs_per_task is None or (math.isfinite(self.epochs_per_task) and self.epochs_per_task > 0), "epochs_per_task",
                 self.epochs_per_task, "None or a finite number > 0")
@@ -132,11 +134,11 @@ class RunConfig:
                 f"None when steps_per_task is set (steps_per_task={self.steps_per_task}); choose one")
         require(self.cycles_per_task >= 1, "cycles_per_task", self.cycles_per_task, "an integer >= 1")
         require(self.steps_per_task is None or self.cycles_per_task <= self.steps_per_task, "cycles_per_task", self.cycles_per_task,
-                f"at most steps_per_task={self.steps_per_task} (a cycle takes at least one step); lower cycles_per_task or raise steps_per_task")
+                f"at most steps_per_task={self.steps_per_task} (a cycle takes at least one step); lower --cycles-per-task or raise --steps-per-task")
         require(self.replay >= 0, "replay", self.replay, "an integer >= 0 (0: no replay)")
         require(self.cl_head in CL_HEADS, "cl_head", self.cl_head, f"one of {CL_HEADS}")
         require(self.cl_head is None or self.task == "classification", "cl_head", self.cl_head,
-                "unset with task='causal-lm': a causal LM's tasks have no head; drop cl_head")
+                "unset with task='causal-lm': a causal LM's tasks have no head; drop --cl-head")
 
     @property
     def torch_dtype(self) -> torch.dtype:

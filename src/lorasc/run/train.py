@@ -223,7 +223,7 @@ class Loop:
             self.accelerator.clip_grad_norm_(list(trainable_parameters(self.cascade.model).values()), self.run.max_grad_norm)
 
     def log_due(self, cycle_ended: bool) -> bool:
-        return self.evaluate_due(cycle_ended) or self.cascade.steps % self.run.log_every == 0
+        return cycle_ended or self.evaluate_due(cycle_ended) or self.cascade.steps % self.run.log_every == 0
 
     def evaluate_due(self, cycle_ended: bool) -> bool:
         steps = self.cascade.steps
