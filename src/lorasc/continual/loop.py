@@ -150,13 +150,15 @@ class SequenceLoop(Loop):
 
 
 def sequence_metrics(accuracy: list, macro_f1: list | None, reference: list[float] | None = None) -> dict:
-    """The metrics of docs/continual.md when every task was evaluated after each task up to it; a multitask
-    run, evaluated at its end only, gets its final accuracies and their mean (AA)."""
+    """The metrics of docs/continual.md when every task was evaluated after each task up to it; a run
+    evaluated once (multitask at its end, a `single` task alone) gets that row and the mean of its scores."""
     complete = all(accuracy[j][i] is not None for j in range(len(accuracy)) for i in range(j + 1))
     if complete:
         return cl_block(accuracy, macro_f1, reference)
-    final = accuracy[-1]
-    block = {"accuracy": {"AA": sum(final) / len(final), "final": final}}
-    if macro_f1 is not None:
-        block["macro_f1"] = {"AA": sum(macro_f1[-1]) / len(final), "final": macro_f1[-1]}
-    return block
+    last = max(j for j, row in enumerate(accuracy) if any(v is not None for v in row))
+
+    def evaluated(matrix: list) -> dict:
+        scores = [v for v in matrix[last] if v is not None]
+        return {"AA": sum(scores) / len(scores), "final": matrix[last]}
+
+    return {"accuracy": evaluated(accuracy), **({"macro_f1": evaluated(macro_f1)} if macro_f1 is not None else {})}

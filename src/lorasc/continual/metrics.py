@@ -25,14 +25,15 @@ def _is_finite(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def check_rows(R: Matrix, tasks: int, name: str = "R") -> None:
-    """Each row holds `tasks` values, the lower triangle is present, and every present value is finite."""
+def check_rows(R: Matrix, tasks: int, name: str = "R", lower: bool = True) -> None:
+    """Each row holds `tasks` values, the lower triangle is present (unless not `lower`: a multitask run is
+    evaluated at its end only, a `single` run on the diagonal), and every present value is finite."""
     for j, row in enumerate(R):
         require(isinstance(row, (list, tuple)) and len(row) == tasks, f"{name}[{j}]", row,
                 f"a row of {tasks} values, one per task")
         for i, value in enumerate(row):
             if value is None:
-                require(i > j, f"{name}[{j}][{i}]", value, "the lower triangle (task i <= j) is always evaluated")
+                require(i > j or not lower, f"{name}[{j}][{i}]", value, "the lower triangle (task i <= j) is always evaluated")
             else:
                 require(_is_finite(value), f"{name}[{j}][{i}]", value, "a finite number or None")
 
@@ -98,11 +99,11 @@ def write_cl_matrix(path: str | Path, names: list[str], R: Matrix, macro_f1: Mat
     it after each task, so R may have fewer rows than names), an empty cell where not evaluated. A
     macro-F1 matrix follows after a blank line as a second table headed `after_task (macro_f1),...`."""
     require(len(R) <= len(names), "R", R, f"at most one row per task ({len(names)})")
-    check_rows(R, len(names), "R")
+    check_rows(R, len(names), "R", lower=False)
     rows = _block(names, R, "accuracy")
     if macro_f1 is not None:
         require(len(macro_f1) == len(R), "macro_f1", macro_f1, f"as many rows as the accuracy matrix ({len(R)})")
-        check_rows(macro_f1, len(names), "macro_f1")
+        check_rows(macro_f1, len(names), "macro_f1", lower=False)
         rows += [[]] + _block(names, macro_f1, "macro_f1")
     text = io.StringIO()
     csv.writer(text, lineterminator="\n").writerows(rows)

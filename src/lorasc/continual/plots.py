@@ -19,7 +19,7 @@ from .metrics import Matrix, check_rows  # noqa: E402
 
 def _checked(names: list[str], R: Matrix) -> None:
     require(0 < len(R) <= len(names), "R", R, f"one to {len(names)} rows, one per task trained")
-    check_rows(R, len(names), "R")
+    check_rows(R, len(names), "R", lower=False)
 
 
 def plot_cl_matrix(path: str | Path, names: list[str], R: Matrix, metric: str = "accuracy") -> Path:

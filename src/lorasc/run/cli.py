@@ -136,7 +136,8 @@ def command_train(args: argparse.Namespace) -> int:
                 remove_unstarted(run_dir, created)
             raise
     if main:
-        plot_run(run_dir)
+        if (run_dir / "log.csv").is_file():  # a `single` run logs in RUN/single/<task>
+            plot_run(run_dir)
         print(summary_table(metrics))
         print(f"\nrun folder: {run_dir}  (dense model: {run_dir / 'model'}, metrics.json, log.csv, loss.png, metric_per_cycle.png)")
     accelerator.end_training()
@@ -166,6 +167,12 @@ def summary_table(metrics: dict) -> str:
         if m:
             f1 = f"{m['macro_f1']:9.4f}" if "macro_f1" in m else f"{'-':>9}"
             lines.append(f"{split:<6} {m['loss']:8.4f} {m['accuracy']:9.4f} {f1}")
+    if "continual" in metrics:
+        scores = metrics["continual"]["accuracy"]
+        lines += ["", "after the last task: " + ", ".join(f"{name} {value:.4f}" for name, value in scores.items() if isinstance(value, float))
+                  + " (accuracy; R in cl_matrix.csv)"]
+    if "steps" not in metrics:  # `single`: one run per task, each in RUN/single/<task>
+        return "\n".join(lines)
     lines += [
         "",
         f"method {metrics['method']}, {metrics['steps']} steps, {metrics['cycles']} cycle(s), {metrics['processes']} process(es) on {metrics['device']}",
