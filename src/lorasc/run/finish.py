@@ -100,4 +100,6 @@ def run_figures(metrics: dict) -> dict[str, dict[str, float]]:
 def evaluate_splits(run: RunConfig, session: Session) -> dict[str, dict]:
     data = session.data
     splits = {"train": data.train[: len(data.test)], "val": data.val, "test": data.test, "ood": data.ood}  # train: as many as test, so both cost alike
+    if data.tasks:  # a sequence: its tasks' test splits together; R (continual/loop.py) scored each after each task
+        splits = {"test": data.test}
     return {split: evaluate(session.cascade.model, session.tokenizer, examples, run, len(data.labels), data.groups) for split, examples in splits.items()}
