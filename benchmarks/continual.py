@@ -18,15 +18,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from . import ROOT
-from .runner import ENV, RUN_TIMEOUT, STEP_TIMEOUT, last_line, on_device, read_results
+from .runner import RUN_TIMEOUT, STEP_TIMEOUT, last_line, on_device, read_results, run_subprocess
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,19 +151,10 @@ HEADER = ("key", "group", "label", "method", "lr", "seed", "variant")
 
 def run_child(x: dict) -> dict:
     """`x` in its own process, timed; a crash or a hang is a result with an error."""
-    header, timeout = {k: x[k] for k in HEADER}, RUN_TIMEOUT + STEP_TIMEOUT * x["run"]["steps_per_task"] * (x["data"]["tasks"] or MAX_TASKS)
+    timeout = RUN_TIMEOUT + STEP_TIMEOUT * x["run"]["steps_per_task"] * (x["data"]["tasks"] or MAX_TASKS)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        spec_path, out_path = Path(tmp, "spec.json"), Path(tmp, "result.json")
-        spec_path.write_text(json.dumps(x))
-        command = [sys.executable, "-m", "benchmarks.continual", str(spec_path), str(out_path)]
-        try:
-            proc = subprocess.run(command, cwd=ROOT, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=timeout, check=False)
-        except subprocess.TimeoutExpired:
-            return {**header, "error": f"timed out after {timeout} s"}
-        if proc.returncode != 0 or not out_path.is_file():
-            return {**header, "error": f"exit code {proc.returncode}\n{proc.stderr[-3000:]}"}
-        return {**header, **json.loads(out_path.read_text()), "wall_seconds": time.perf_counter() - start}
+    result = run_subprocess(x, "benchmarks.continual", timeout, HEADER)
+    return result if "error" in result else {**result, "wall_seconds": time.perf_counter() - start}
 
 
 def run_all(path: Path, specs: list[dict], jobs: int, device: str) -> None:

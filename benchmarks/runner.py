@@ -84,12 +84,14 @@ def run_timeout(spec: dict) -> int:
     return RUN_TIMEOUT + STEP_TIMEOUT * run.steps(run.n_train)[1]
 
 
-def run_subprocess(spec: dict) -> dict:
-    header, timeout = {k: spec[k] for k in HEADER if k in spec}, run_timeout(spec)
+def run_subprocess(spec: dict, module: str = "benchmarks.child", timeout: int | None = None, header: tuple[str, ...] = HEADER) -> dict:
+    """`python -m module SPEC OUT` on `spec` (a run of the benchmark's child by default); a crash or a hang
+    is a result with an error. The result carries the spec's `header` fields."""
+    header, timeout = {k: spec[k] for k in header if k in spec}, timeout or run_timeout(spec)
     with tempfile.TemporaryDirectory() as tmp:
         spec_path, out_path = Path(tmp, "spec.json"), Path(tmp, "result.json")
         spec_path.write_text(json.dumps(spec))
-        command = [sys.executable, "-m", "benchmarks.child", str(spec_path), str(out_path)]
+        command = [sys.executable, "-m", module, str(spec_path), str(out_path)]
         try:
             proc = subprocess.run(command, cwd=ROOT, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:

