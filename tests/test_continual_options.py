@@ -69,3 +69,14 @@ def test_multitask_draws_each_batch_from_one_task_and_is_scored_at_its_end(tmp_p
     block = json.loads((run / "metrics.json").read_text())["continual"]
     assert block["R"][0] == [None, None] and None not in block["R"][1]
     assert block["accuracy"]["AA"] == pytest.approx(sum(block["R"][1]) / 2)
+
+
+def test_a_config_file_lists_the_tasks_with_their_names_and_test_files(tmp_path):
+    first, second = write_file(tmp_path / "first.csv", GOOD_CSV), write_file(tmp_path / "second.csv", OTHER_FLIGHTS)
+    config = write_file(tmp_path / "sequence.yaml", f"run:\n  tasks:\n    - {{name: old, train: {first}}}\n"
+                                                     f"    - {{name: new, train: {second}, test: {first}}}\n  steps_per_task: 2\n")
+    run = tmp_path / "run"
+    assert cli("train", "--config", config, *TINY_RUN, "--cycles-per-task", "1", "--expert-r", "2", "--checkpoint-every", "0", "--output-dir", run) == 0
+    block = json.loads((run / "metrics.json").read_text())["continual"]
+    assert block["tasks"] == ["old", "new"]
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 4

@@ -15,5 +15,13 @@ FLAG_HELP = {"num_cycles": "the run cut into T equal cycles (default here: 4; th
              "quantize_double_quant": "4-bit: quantize the quantization constants too (QLoRA's double quantization)",
              "compute_dtype": "4-bit: the dtype the quantized layers compute in (default: --dtype)",
              "slow_budget": "--quantize: the carried stack's float32 bytes at most this share of the quantized adapted weights' (default 0.5)",
+             "tasks": "a sequence of tasks instead of --data: task files (a.csv,b.csv,…) or a built-in sequence: tweets-domains, "
+                      "tweets-domains-6, olora4 (docs/continual.md)",
+             "task_tests": "each task's test file, in the order of --tasks (default: a seeded 10 % of each task, at most 500 rows)",
+             "task_order": "reverse, or every task's name in the order to train them",
+             "cycles_per_task": "the cascade's cycles in each task (default 2; inc-lora, o-lora and ema fix 1)",
+             "cl_head": "per-task (default): one head over every task's labels, each task scored on its own rows; shared: one head, same labels",
+             "replay": "keep N training examples of the finished tasks (a reservoir); half of each later batch comes from them",
+             "fwt_reference": "a finished --method single run on the same tasks: forward transfer against its accuracies",
              "slow_overflow": "--quantize: past --slow-budget, stop before training (default), or compress: truncate the stack by SVD, "
                               "no longer exact (the error per layer goes to metrics.json)"}
