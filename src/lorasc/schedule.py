@@ -29,15 +29,16 @@ def check_cycle_plan(config: LoRASCConfig, total_steps: int, steps_per_epoch: in
     return cycles
 
 
-def cycle_ends(config: LoRASCConfig, total_steps: int, steps_per_epoch: int | None = None) -> list[int]:
-    """Optimizer-step counts after which each cycle ends; the last one is `total_steps`."""
+def cycle_ends(config: LoRASCConfig, total_steps: int, steps_per_epoch: int | None = None, one_of_many: bool = False) -> list[int]:
+    """Optimizer-step counts after which each cycle ends; the last one is `total_steps`. `one_of_many`: the
+    plan of one task of a sequence, where a single cycle is not plain LoRA (the tasks chain the merges)."""
     cycles = check_cycle_plan(config, total_steps, steps_per_epoch)
     if config.num_cycles is not None:
         ends = [round(total_steps * t / cycles) for t in range(1, cycles + 1)]
     else:
         length = config.cycle_steps or steps_per_epoch
         ends = [min(t * length, total_steps) for t in range(1, cycles + 1)]
-    if len(ends) == 1 and config.slow_alpha < 1:
+    if len(ends) == 1 and config.slow_alpha < 1 and not one_of_many:
         warnings.warn(
             f"LoRASC with a single cycle is plain LoRA scaled by slow_alpha={config.slow_alpha}; "
             "set num_cycles or cycle_steps, or train for several epochs",

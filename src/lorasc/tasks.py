@@ -88,7 +88,7 @@ def task_ends(config: LoRASCConfig, start_step: int, total_steps: int, num_cycle
     steps end: cut by `num_cycles` or `cycle_steps` when one is given, else as `config` cuts a run."""
     if num_cycles is not None or cycle_steps is not None:
         config = dataclasses.replace(config, num_cycles=num_cycles, cycle_steps=cycle_steps)
-    return [start_step + end for end in cycle_ends(config, total_steps, steps_per_epoch)]
+    return [start_step + end for end in cycle_ends(config, total_steps, steps_per_epoch, one_of_many=True)]
 
 
 class MergeBoundary:
