@@ -174,7 +174,7 @@ def render(s: Setting, results_dir: Path, quick: bool) -> str:
     olora4 = read_results(results_path(results_dir, OLORA4)) if s == FULL else []
     selection = [f"{lr_:g}: {mean_aa(runs_of(results, 'select', s.select, lr_))}" for lr_ in s.lrs]
     return fill(main_text, quick_note=parts["quick"] + "\n\n" if quick else "", sequence=s.sequence, steps=s.steps_per_task, batch=s.batch_size,
-                max_length=s.max_length, lrs=", ".join(f"{x:g}" for x in s.lrs), select=s.select, selection="; ".join(selection),
+                max_length=s.max_length, warmup=f"{s.warmup_ratio:.0%}", lrs=", ".join(f"{x:g}" for x in s.lrs), select=s.select, selection="; ".join(selection),
                 lr="none yet" if lr is None else f"{lr:g}", machines=machines([r["environment"] for r in finished]) or "—",
                 threads=", ".join(sorted({str(r["environment"].get("threads", "?")) for r in finished})) or "—", runs=len(finished), minutes=f"{sum(r['wall_seconds'] for r in finished) / 60:.0f}",
                 cut=cut_line(parts, s, main, results), main_table=metrics_table(main_rows, "method"),
