@@ -14,7 +14,7 @@ from .stats import paired
 from .tables import signed
 
 TEMPLATE = "continual.md"
-METRICS = ("AA", "AIA", "BWT", "F", "FWT")
+METRICS = ("AA", "AIA", "BWT", "F", "FWT", "macro-F1 AA")
 OURS, RIVALS = "lorasc", ("inc-lora", "seq-lora")
 ANCHORS = {  # published AA: O-LoRA's paper (T5-large, standard CL benchmark); SLAO's table (Llama-2-7B-chat)
     "seq-lora": (43.7, 76.0), "inc-lora": (66.4, 77.0), "o-lora": (75.8, 77.2), "InfLoRA": (None, 79.6), "SLAO": (None, 80.4),
@@ -39,7 +39,8 @@ def forward_transfer(r: dict, reference: dict[str, float]) -> float | None:
 
 def values(r: dict, reference: dict[str, float]) -> dict[str, float | None]:
     accuracy = r["continual"]["accuracy"]
-    return {**{m: accuracy.get(m) for m in METRICS[:4]}, "FWT": forward_transfer(r, reference)}
+    return {**{m: accuracy.get(m) for m in METRICS[:4]}, "FWT": forward_transfer(r, reference),
+            "macro-F1 AA": r["continual"].get("macro_f1", {}).get("AA")}
 
 
 def mean_std(xs: list[float]) -> str:
@@ -72,8 +73,22 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def metrics_table(rows: list[list[str]], first: str) -> str:
-    header = [first, "seeds", "AA", "AIA", "BWT", "F", "FWT", "AA − multitask", "step time / seq-lora", "min per run"]
+    header = [first, "seeds", *METRICS, "AA − multitask", "step time / seq-lora", "min per run"]
     return markdown_table(header, rows)
+
+
+def majority_row(s: Setting) -> list[str]:
+    """What a model that predicts each task's most frequent test label scores: the floor that shows a run that
+    learned nothing. Its macro-F1 on a task of k classes whose largest has share p is (2p / (1 + p)) / k."""
+    from .continual import sequence_of
+
+    shares = []
+    for task in sequence_of({"sequence": s.sequence, "tasks": s.tasks, "n_train": s.n_train, "n_test": s.n_test, "split": "test"}, None):
+        labels = [e.label for e in task.test]
+        p = max(map(labels.count, set(labels))) / len(labels)
+        shares.append((p, 2 * p / (1 + p) / len(task.labels)))
+    aa, f1 = (statistics.fmean(x) for x in zip(*shares))
+    return ["majority class (learns nothing)", "—", f"{100 * aa:.1f}", *["—"] * 4, f"{100 * f1:.1f}", "—", "—", "—"]
 
 
 def average_matrix(runs: dict[int, dict]) -> tuple[list[str], list[list[float | None]]] | None:
@@ -166,7 +181,7 @@ def render(s: Setting, results_dir: Path, quick: bool) -> str:
     bound = main.get(MULTITASK)
     context = {"reference": reference, "seq": main.get("seq-lora", {}),
                "multitask": statistics.fmean(r["continual"]["accuracy"]["AA"] for r in bound.values()) if bound else None}
-    main_rows = [row(label, runs, context) for label, runs in main.items() if runs]
+    main_rows = [row(label, runs, context) for label, runs in main.items() if runs] + [majority_row(s)]
     extras = [row(v.label, runs, context) for v in s.extras if (runs := runs_of(results, "extras", v.label, lr))]
     matrices = [(label, m) for label, runs in main.items() if runs and (m := average_matrix(runs))]
     cs = comparisons(main)
