@@ -15,6 +15,7 @@ from .tables import signed
 
 TEMPLATE = "continual.md"
 METRICS = ("AA", "AIA", "BWT", "F", "FWT", "macro-F1 AA")
+NEAR_FLOOR = 0.02  # macro-F1 AA within this of the majority class's: the method learned little beyond the label shares
 OURS, RIVALS = "lorasc", ("inc-lora", "seq-lora")
 ANCHORS = {  # published AA: O-LoRA's paper (T5-large, standard CL benchmark); SLAO's table (Llama-2-7B-chat)
     "seq-lora": (43.7, 76.0), "inc-lora": (66.4, 77.0), "o-lora": (75.8, 77.2), "InfLoRA": (None, 79.6), "SLAO": (None, 80.4),
@@ -77,9 +78,9 @@ def metrics_table(rows: list[list[str]], first: str) -> str:
     return markdown_table(header, rows)
 
 
-def majority_row(s: Setting) -> list[str]:
-    """What a model that predicts each task's most frequent test label scores: the floor that shows a run that
-    learned nothing. Its macro-F1 on a task of k classes whose largest has share p is (2p / (1 + p)) / k."""
+def majority_floor(s: Setting) -> tuple[float, float]:
+    """AA and macro-F1 AA of a model that predicts each task's most frequent test label: the floor that shows a
+    run that learned nothing. Its macro-F1 on a task of k classes whose largest has share p is (2p / (1 + p)) / k."""
     from .continual import sequence_of
 
     shares = []
@@ -88,7 +89,18 @@ def majority_row(s: Setting) -> list[str]:
         p = max(map(labels.count, set(labels))) / len(labels)
         shares.append((p, 2 * p / (1 + p) / len(task.labels)))
     aa, f1 = (statistics.fmean(x) for x in zip(*shares))
-    return ["majority class (learns nothing)", "—", f"{100 * aa:.1f}", *["—"] * 4, f"{100 * f1:.1f}", "—", "—", "—"]
+    return aa, f1
+
+
+def floor_row(floor: tuple[float, float]) -> list[str]:
+    return ["majority class (learns nothing)", "—", f"{100 * floor[0]:.1f}", *["—"] * 4, f"{100 * floor[1]:.1f}", "—", "—", "—"]
+
+
+def near_floor(parts: dict[str, str], main: dict[str, dict[int, dict]], floor: tuple[float, float]) -> str:
+    """The methods whose mean macro-F1 AA is within NEAR_FLOOR of the floor's: their forgetting says little."""
+    scores = {label: [f1 for r in runs.values() if (f1 := r["continual"].get("macro_f1", {}).get("AA")) is not None] for label, runs in main.items()}
+    near = [label for label, f1 in scores.items() if f1 and statistics.fmean(f1) - floor[1] < NEAR_FLOOR]
+    return fill(parts["near-floor"], methods=", ".join(near), points=f"{100 * NEAR_FLOOR:g}") if near else ""
 
 
 def average_matrix(runs: dict[int, dict]) -> tuple[list[str], list[list[float | None]]] | None:
@@ -181,7 +193,8 @@ def render(s: Setting, results_dir: Path, quick: bool) -> str:
     bound = main.get(MULTITASK)
     context = {"reference": reference, "seq": main.get("seq-lora", {}),
                "multitask": statistics.fmean(r["continual"]["accuracy"]["AA"] for r in bound.values()) if bound else None}
-    main_rows = [row(label, runs, context) for label, runs in main.items() if runs] + [majority_row(s)]
+    floor = majority_floor(s)
+    main_rows = [row(label, runs, context) for label, runs in main.items() if runs] + [floor_row(floor)]
     extras = [row(v.label, runs, context) for v in s.extras if (runs := runs_of(results, "extras", v.label, lr))]
     matrices = [(label, m) for label, runs in main.items() if runs and (m := average_matrix(runs))]
     cs = comparisons(main)
@@ -193,7 +206,7 @@ def render(s: Setting, results_dir: Path, quick: bool) -> str:
                 lr="none yet" if lr is None else f"{lr:g}", machines=machines([r["environment"] for r in finished]) or "—",
                 threads=", ".join(sorted({str(r["environment"].get("threads", "?")) for r in finished})) or "—", runs=len(finished), minutes=f"{sum(r['wall_seconds'] for r in finished) / 60:.0f}",
                 cut=cut_line(parts, s, main, results), main_table=metrics_table(main_rows, "method"),
-                resolution=resolution(parts, cs), comparison_table=comparison_table(parts, cs), forgetting=forgetting_line(parts, cs),
+                resolution=resolution(parts, cs), comparison_table=comparison_table(parts, cs), forgetting=forgetting_line(parts, cs), near_floor=near_floor(parts, main, floor),
                 matrices="\n\n".join(matrix_table(label, *m) for label, m in matrices) or parts["no-matrices"],
                 extras_table=metrics_table(extras, "variant (1 seed)") if extras else parts["no-extras"],
                 anchor_table=anchor_table(results, lr, olora4), results=results_path(results_dir, s).name)
