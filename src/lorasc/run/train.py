@@ -259,16 +259,16 @@ class Loop:
 
 
 def train(run: RunConfig, config: LoRASCConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
-          save_models: bool = True, accelerator: Accelerator | None = None, data: TaskData | None = None, make_loop=Loop) -> dict:
+          save_models: bool = True, accelerator: Accelerator | None = None, data: TaskData | None = None, make_loop=None) -> dict:
     """Train, evaluate, export. Returns the metrics written to `metrics.json` (on the main process;
     the others return {}). `data`: the run's data if the caller has loaded it already (preflight);
-    `make_loop`: the loop's class (a sequence of tasks drives the same loop task by task, continual/loop.py)."""
+    `make_loop`: the loop's class, Loop by default (a sequence of tasks drives the same loop task by task, continual/loop.py)."""
     run_dir = Path(run_dir)
     accelerator = accelerator or make_accelerator(run, run_dir)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
     session = build(run, config, accelerator, data)
-    loop = make_loop(run, session, accelerator, run_dir)
+    loop = (make_loop or Loop)(run, session, accelerator, run_dir)
     if resume and load_checkpoint(run_dir, session.fingerprint, loop.resume) is not None:
         loop.cascade.verify_replicas()  # a collective: every rank loaded the same files (DDP broadcast before)
     wall_seconds = loop.train(progress)
