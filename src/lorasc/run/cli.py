@@ -145,7 +145,6 @@ def command_train(args: argparse.Namespace) -> int:
 
 
 def _train_into(run_dir: Path, run: RunConfig, config: LoRASCConfig, data: TaskData, args: argparse.Namespace, accelerator) -> dict:
-    from ..continual.run import run_sequence
     from .train import train
 
     if not args.resume and accelerator.is_main_process:
@@ -154,6 +153,8 @@ def _train_into(run_dir: Path, run: RunConfig, config: LoRASCConfig, data: TaskD
     options = {"resume": args.resume, "progress": not args.no_progress, "accelerator": accelerator}
     try:
         if data.tasks:
+            from ..continual.run import run_sequence
+
             return run_sequence(data.tasks, run, config, run_dir, **options)
         return train(run, config, run_dir, data=data, **options)
     except (RuntimeError, SafetensorError) as err:
