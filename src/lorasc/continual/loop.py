@@ -17,9 +17,8 @@ import torch
 from ..run.batches import batch_at
 from ..run.checkpoint import Checkpoint
 from ..run.data_files import Example
-from ..run.metrics import evaluate
 from ..run.train import Loop
-from .heads import on_head
+from .heads import evaluate_task
 from .metrics import cl_block, write_cl_matrix
 from .plots import plot_cl_curves, plot_cl_matrix
 from .replay import replayed, reservoir
@@ -65,8 +64,8 @@ class SequenceLoop(Loop):
         """Begin `stage`'s task, unless a resumed run is in its middle (the cascade then runs it already)."""
         self.stage = stage
         self.steps_per_epoch = math.ceil(len(stage.train[0]) / self.run.batch_size)
-        finished = [e for earlier in self.stages[: self.stages.index(stage)] for examples in earlier.train for e in examples]
-        self.buffer = reservoir([finished], self.run.replay, self.run.seed) if self.run.replay else []
+        finished = [examples for earlier in self.stages[: self.stages.index(stage)] for examples in earlier.train]
+        self.buffer = reservoir(finished, self.run.replay, self.run.seed) if self.run.replay else []
         if self.cascade.tasks.running is None:
             self.cascade.begin_task(stage.name, stage.steps)
             self.new_optimizer(stage.steps)
@@ -108,33 +107,33 @@ class SequenceLoop(Loop):
             return
         data = self.session.data
         for task in stage.evaluated:
-            examples = sorted(on_head(data, task, data.tasks[task].test), key=lambda e: len(e.text))
-            scores = evaluate(self.cascade.model, self.session.tokenizer, examples, self.run, len(data.labels), data.groups)
+            scores = evaluate_task(self.cascade.model, self.session.tokenizer, data, task, self.run)
             self.evaluations.append({"after": stage.row, "task": task, "accuracy": scores["accuracy"], "macro_f1": scores.get("macro_f1")})
         self.write_matrix()
 
+    @property
+    def names(self) -> list[str]:
+        return [task.name for task in self.session.data.tasks]
+
     def matrix(self, metric: str) -> list[list[float | None]]:
         """R (`metric` after each task, per task) so far: None where nothing was evaluated."""
-        names = [task.name for task in self.session.data.tasks]
-        rows = [[None] * len(names) for _ in names]
+        rows = [[None] * len(self.names) for _ in self.names]
         for e in self.evaluations:
             rows[e["after"]][e["task"]] = e[metric]
         return rows
 
     def write_matrix(self) -> None:
-        names = [task.name for task in self.session.data.tasks]
         rows = 1 + max((e["after"] for e in self.evaluations), default=-1)
         accuracy = self.matrix("accuracy")[:rows]
         macro_f1 = self.matrix("macro_f1")[:rows] if self.run.task == "classification" else None
-        write_cl_matrix(self.run_dir / "cl_matrix.csv", names, accuracy, macro_f1)
+        write_cl_matrix(self.run_dir / "cl_matrix.csv", self.names, accuracy, macro_f1)
 
     def describe(self) -> dict:
         """The `continual` block of metrics.json: the tasks, R, and the metrics of docs/continual.md."""
-        names = [task.name for task in self.session.data.tasks]
         accuracy = self.matrix("accuracy")
         macro_f1 = self.matrix("macro_f1") if self.run.task == "classification" else None
         cycles = {task.name: [task.first_cycle, task.last_cycle] for task in self.cascade.tasks}
-        return {"continual": {"tasks": names, "cycles": cycles, "R": accuracy, "R_macro_f1": macro_f1, **sequence_metrics(accuracy, macro_f1, self.reference)}}
+        return {"continual": {"tasks": self.names, "cycles": cycles, "R": accuracy, "R_macro_f1": macro_f1, **sequence_metrics(accuracy, macro_f1, self.reference)}}
 
     def stop(self) -> float:
         seconds = super().stop()
@@ -143,7 +142,7 @@ class SequenceLoop(Loop):
         return seconds
 
     def plot(self) -> None:
-        names, accuracy = [task.name for task in self.session.data.tasks], self.matrix("accuracy")
+        names, accuracy = self.names, self.matrix("accuracy")
         plot_cl_matrix(self.run_dir / "cl_matrix.png", names, accuracy)
         if all(accuracy[j][i] is not None for j in range(len(names)) for i in range(j + 1)):
             plot_cl_curves(self.run_dir / "cl_curves.png", names, accuracy)

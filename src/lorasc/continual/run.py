@@ -19,11 +19,10 @@ from ..config import LoRASCConfig
 from ..methods import METHODS
 from ..run.datasets import TaskData
 from ..run.errors import DataError
-from ..run.metrics import evaluate
 from ..run.run_config import RunConfig
 from ..run.run_files import write_file
 from ..run.train import train
-from .heads import head_mode, on_head, sequence_task_data, task_rows
+from .heads import evaluate_task, head_mode, on_head, sequence_task_data, task_rows
 from .loop import SequenceLoop, Stage
 from .metrics import write_cl_matrix
 from .sequences import SequenceTask, load_sequence
@@ -122,8 +121,7 @@ def evaluate_tasks(model, tokenizer, data: TaskData, run: RunConfig, name: str |
     names = [t.name for t in data.tasks]
     if name is not None and name not in names:
         raise DataError(f"--task {name} is not a task of this run; its tasks are {names}")
-    return {t.name: {"test": evaluate(model, tokenizer, on_head(data, i, t.test), run, len(data.labels), data.groups)}
-            for i, t in enumerate(data.tasks) if name in (None, t.name)}
+    return {t.name: {"test": evaluate_task(model, tokenizer, data, i, run)} for i, t in enumerate(data.tasks) if name in (None, t.name)}
 
 
 def write_rank_blocks(path: Path, cycles: dict[str, list[int]], rank: int) -> None:
